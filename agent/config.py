@@ -1,0 +1,248 @@
+"""The agent's configuration: one immutable, validated object built from YAML (or a dict).
+
+Bad input never produces a traceback: ``load_config`` raises ``ConfigError`` whose message names
+the field, what is wrong and how to fix it. The timing rule is checked here, at start-up.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Lease timing. Defaults are tuned for a LAN (Patroni: ttl 30, loop_wait 10, retry_timeout 10).
+
+    The invariant (DESIGN 2.1): the leader stops accepting writes at
+    ``last_renew_sent + ttl - safety_margin``, before any other member can take the key.
+    """
+
+    ttl: float = 3.0  # leader lease length, seconds (etcd rounds leases up to whole seconds)
+    loop_wait: float = 1.0  # seconds between HA loop runs; the leader renews once per loop
+    retry_timeout: float = 1.0  # budget for one etcd/postgres call before it counts as failed
+    safety_margin: float = 0.5  # seconds kept between our fence deadline and the lease's expiry
+
+    def fence_after(self) -> float:
+        """Seconds after the send time of the last successful renewal at which we must be fenced."""
+        return self.ttl - self.safety_margin
+
+
+def validate_timing(t: Timing) -> None:
+    """Refuse settings under which a leader could still write after another member took the key."""
+    for name in ("ttl", "loop_wait", "retry_timeout", "safety_margin"):
+        value = getattr(t, name)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            raise ConfigError(f"timing.{name}: expected a number of seconds, got {value!r}")
+        if value <= 0:
+            raise ConfigError(f"timing.{name}: must be > 0 seconds, got {value}")
+    if t.ttl != int(t.ttl):
+        raise ConfigError(f"timing.ttl: etcd leases are whole seconds; use {math.ceil(t.ttl)} instead of {t.ttl}")
+    if t.ttl < 2:
+        raise ConfigError(f"timing.ttl: must be at least 2 seconds (got {t.ttl}); etcd cannot keep shorter leases")
+    if t.loop_wait + 2 * t.retry_timeout > t.ttl:
+        raise ConfigError(
+            "timing: loop_wait + 2 * retry_timeout must be <= ttl "
+            f"({t.loop_wait} + 2 * {t.retry_timeout} = {t.loop_wait + 2 * t.retry_timeout} > {t.ttl}); "
+            "otherwise a leader with one slow etcd call misses its renewal and fences needlessly. "
+            "Raise ttl or lower loop_wait / retry_timeout."
+        )
+    if t.safety_margin >= t.ttl - t.loop_wait:
+        raise ConfigError(
+            f"timing.safety_margin: must be < ttl - loop_wait ({t.ttl} - {t.loop_wait} = "
+            f"{t.ttl - t.loop_wait}), got {t.safety_margin}; otherwise the leader fences itself "
+            "between two healthy renewals. Lower safety_margin or raise ttl."
+        )
+    if t.safety_margin < 0.2:
+        raise ConfigError(
+            f"timing.safety_margin: must be >= 0.2 s (got {t.safety_margin}) to leave time to stop "
+            "postgres before the lease can expire"
+        )
+
+
+@dataclass(frozen=True)
+class PostgresSettings:
+    data_dir: Path
+    bin_dir: Path
+    listen_host: str = "127.0.0.1"
+    port: int = 5432
+    superuser: str = "postgres"
+    replication_user: str = "replicator"
+    superuser_password_file: Path | None = None  # a file holding the password (never inline)
+    replication_password_file: Path | None = None
+    parameters: dict[str, str] = field(default_factory=dict)  # extra postgresql.conf settings
+    maximum_lag_on_failover: int = 1024 * 1024  # bytes behind the last leader position
+    primary_start_timeout: float = 10.0  # crashed leader: restart attempts before releasing the key
+    stop_timeout: float = 10.0  # fast shutdown, then immediate
+    run_as: str | None = None  # OS user that owns PGDATA when the agent runs as root
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    name: str
+    cluster: str
+    etcd_endpoints: tuple[str, ...]
+    api_listen: str  # host:port the REST API binds
+    api_url: str  # URL other members and clients use to reach the API
+    postgres: PostgresSettings
+    timing: Timing = field(default_factory=Timing)
+    etcd_prefix: str = "pgquorum"
+    nofailover: bool = False
+    log_level: str = "INFO"
+
+
+_NAME_OK = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def _need(data: dict[str, Any], key: str, where: str) -> Any:
+    if key not in data or data[key] in (None, ""):
+        raise ConfigError(f"{where}{key}: required setting is missing")
+    return data[key]
+
+
+def _typed(cls: type, data: dict[str, Any], where: str, coerce: dict[str, Any]) -> dict[str, Any]:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}{unknown[0]}: unknown setting (known: {', '.join(sorted(known))})")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        conv = coerce.get(key)
+        if conv is None or value is None:
+            out[key] = value
+            continue
+        try:
+            out[key] = conv(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}{key}: cannot use {value!r} ({conv.__name__} expected)") from None
+    return out
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TypeError
+    return float(value)
+
+
+def _port(value: Any) -> int:
+    port = int(value)
+    if not 1 <= port <= 65535:
+        raise ValueError
+    return port
+
+
+def config_from_dict(data: dict[str, Any]) -> AgentConfig:
+    if not isinstance(data, dict):
+        raise ConfigError("configuration: expected a mapping at the top level")
+    data = dict(data)
+    pg_raw = _need(data, "postgres", "")
+    if not isinstance(pg_raw, dict):
+        raise ConfigError("postgres: expected a mapping (data_dir, bin_dir, port, ...)")
+    pg_args = _typed(
+        PostgresSettings,
+        pg_raw,
+        "postgres.",
+        {
+            "data_dir": Path,
+            "bin_dir": Path,
+            "port": _port,
+            "superuser_password_file": Path,
+            "replication_password_file": Path,
+            "maximum_lag_on_failover": int,
+            "primary_start_timeout": _number,
+            "stop_timeout": _number,
+            "parameters": lambda v: {str(k): str(x) for k, x in dict(v).items()},
+        },
+    )
+    _need(pg_args, "data_dir", "postgres.")
+    pg_args.setdefault("bin_dir", Path(default_bin_dir()))
+    postgres = PostgresSettings(**pg_args)
+    if not (postgres.bin_dir / "postgres").exists():
+        raise ConfigError(
+            f"postgres.bin_dir: {postgres.bin_dir} has no 'postgres' binary; "
+            "point it at PostgreSQL's bin directory (e.g. /usr/lib/postgresql/15/bin)"
+        )
+
+    timing_raw = data.pop("timing", None) or {}
+    if not isinstance(timing_raw, dict):
+        raise ConfigError("timing: expected a mapping (ttl, loop_wait, retry_timeout, safety_margin)")
+    timing = Timing(**_typed(Timing, timing_raw, "timing.", {k: _number for k in timing_raw}))
+    validate_timing(timing)
+
+    endpoints = _need(data, "etcd_endpoints", "")
+    if isinstance(endpoints, str):
+        endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
+    if not isinstance(endpoints, list) or not endpoints:
+        raise ConfigError("etcd_endpoints: expected a list of http://host:port URLs")
+    for e in endpoints:
+        if not isinstance(e, str) or not e.startswith(("http://", "https://")):
+            raise ConfigError(f"etcd_endpoints: {e!r} is not an http(s)://host:port URL")
+
+    name = str(_need(data, "name", ""))
+    if not set(name) <= _NAME_OK or len(name) > 63:
+        raise ConfigError(
+            f"name: {name!r} may only hold lowercase letters, digits, '-' and '_' (at most 63 characters)"
+        )
+    cluster = str(_need(data, "cluster", ""))
+    if not set(cluster) <= _NAME_OK:
+        raise ConfigError(f"cluster: {cluster!r} may only hold lowercase letters, digits, '-' and '_'")
+    api_listen = str(_need(data, "api_listen", ""))
+    host, sep, port = api_listen.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"api_listen: {api_listen!r} must be host:port, e.g. 127.0.0.1:8008")
+    rest = {k: v for k, v in data.items() if k not in {"postgres", "etcd_endpoints", "name", "cluster"}}
+    known = {f.name for f in fields(AgentConfig)}
+    unknown = sorted(set(rest) - known)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown setting (known: {', '.join(sorted(known))})")
+    cfg = AgentConfig(
+        name=name,
+        cluster=cluster,
+        etcd_endpoints=tuple(endpoints),
+        api_listen=api_listen,
+        api_url=str(rest.pop("api_url", f"http://{api_listen}")),
+        postgres=postgres,
+        timing=timing,
+        **{k: v for k, v in rest.items() if k not in {"api_listen", "api_url", "timing"}},
+    )
+    if not isinstance(cfg.nofailover, bool):
+        raise ConfigError(f"nofailover: expected true or false, got {cfg.nofailover!r}")
+    return cfg
+
+
+def load_config(path: Path) -> AgentConfig:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read it ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path}: not valid YAML ({exc})") from None
+    return config_from_dict(data or {})
+
+
+def default_bin_dir() -> str:
+    """PostgreSQL binaries: $PGQUORUM_PG_BIN, else Debian's newest /usr/lib/postgresql/<v>/bin."""
+    env = os.environ.get("PGQUORUM_PG_BIN")
+    if env:
+        return env
+    base = Path("/usr/lib/postgresql")
+    versions = sorted((p for p in base.glob("*/bin") if (p / "postgres").exists()), key=lambda p: p.parent.name)
+    return str(versions[-1]) if versions else "/usr/lib/postgresql/15/bin"
+
+
+def with_timing(cfg: AgentConfig, **changes: float) -> AgentConfig:
+    """A copy with other timings (validated), for tests and the local runner."""
+    timing = replace(cfg.timing, **changes)
+    validate_timing(timing)
+    return replace(cfg, timing=timing)

@@ -1,0 +1,172 @@
+"""Immutable snapshots shared by the DCS layer, the PostgreSQL controller and the HA decision.
+
+Everything here is plain data: the decision function (``pgquorum.agent.ha.decide``) reads only these
+types, so it can be unit- and property-tested without any process running.
+LSNs are plain integers (byte positions); ``lsn_to_str``/``parse_lsn`` convert to PostgreSQL's text form.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class Role(enum.StrEnum):
+    """What a member is, as published in its member key and the REST API."""
+
+    LEADER = "leader"  # holds the leader key and runs a writable primary
+    REPLICA = "replica"  # streams from the leader
+    STANDBY = "standby"  # in recovery, not (yet) streaming from the current leader
+    DEMOTED = "demoted"  # fenced itself: a former primary that stopped accepting writes
+    WITNESS = "witness"  # voting member without PostgreSQL
+    UNINITIALIZED = "uninitialized"  # no data directory yet
+    STOPPED = "stopped"  # postgres is not running
+
+
+def parse_lsn(text: str | None) -> int | None:
+    """``'0/3000060'`` -> byte position; None stays None."""
+    if not text:
+        return None
+    hi, _, lo = text.partition("/")
+    return (int(hi, 16) << 32) + int(lo, 16)
+
+
+def lsn_to_str(lsn: int | None) -> str | None:
+    if lsn is None:
+        return None
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    """One member's self-description, kept in etcd under ``members/<name>`` on the member's lease."""
+
+    name: str
+    role: Role
+    state: str  # human-readable postgres state: running, starting, stopped, crashed, fenced, ...
+    api_url: str
+    conn_url: str  # libpq URL of this member's postgres (no password)
+    timeline: int | None = None
+    received_lsn: int | None = None  # replica: last WAL received / flushed from upstream
+    replayed_lsn: int | None = None  # replica: last WAL replayed
+    wal_lsn: int | None = None  # leader: current WAL insert/flush position
+    term: int = 0  # the cluster term this member last knew
+    nofailover: bool = False
+    witness: bool = False
+
+    def best_lsn(self) -> int | None:
+        """The position that counts for failover: what the member has durably received."""
+        candidates = [x for x in (self.wal_lsn, self.received_lsn, self.replayed_lsn) if x is not None]
+        return max(candidates) if candidates else None
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["role"] = self.role.value
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, name: str, raw: str | bytes) -> MemberInfo:
+        data: dict[str, Any] = json.loads(raw)
+        data["name"] = name
+        data["role"] = Role(data.get("role", Role.STOPPED.value))
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class LeaderInfo:
+    name: str
+    mod_revision: int  # for compare-and-swap on the leader key
+    lease_id: int
+
+
+@dataclass(frozen=True)
+class LeaderStatus:
+    """Last position the leader published (``status`` key, no lease: survives the leader's death).
+
+    Used for ``maximum_lag_on_failover`` and the newest-timeline rule: a candidate is compared with
+    the leader that just died, not only with the peers it happens to hear from (Patroni #2175).
+    """
+
+    term: int
+    timeline: int
+    wal_lsn: int
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One leadership change: failover, switchover or bootstrap."""
+
+    term: int
+    timeline: int | None
+    new_leader: str
+    old_leader: str | None
+    reason: str
+    at: float  # wall-clock seconds (for humans; never used for timing decisions)
+    durations: dict[str, float] = field(default_factory=dict)  # detection / election / promotion
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> HistoryEntry:
+        data: dict[str, Any] = json.loads(raw)
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    """One consistent read of the cluster's keys in etcd (a single range request, one revision)."""
+
+    revision: int
+    initialize: str | None  # None: nobody claimed bootstrap; "" : claimed, not done; else system id
+    leader: LeaderInfo | None
+    term: int  # 0 before the first leader
+    members: tuple[MemberInfo, ...]
+    status: LeaderStatus | None = None
+    config: dict[str, Any] | None = None  # dynamic settings (PATCH /config in a later issue)
+
+    def member(self, name: str) -> MemberInfo | None:
+        for m in self.members:
+            if m.name == name:
+                return m
+        return None
+
+
+@dataclass(frozen=True)
+class PostgresState:
+    """What the local PostgreSQL looks like right now (from the controller, over psycopg)."""
+
+    data_initialized: bool  # PGDATA holds a cluster (PG_VERSION present)
+    running: bool
+    accepting_connections: bool = False
+    in_recovery: bool | None = None
+    timeline: int | None = None
+    system_id: str | None = None
+    wal_lsn: int | None = None  # primary: pg_current_wal_flush_lsn()
+    received_lsn: int | None = None  # standby: pg_last_wal_receive_lsn()
+    replayed_lsn: int | None = None  # standby: pg_last_wal_replay_lsn()
+    upstream: str | None = None  # standby: the member name in primary_conninfo's application_name
+    streaming: bool = False  # standby: WAL receiver is streaming
+    was_primary: bool = False  # pg_controldata says the cluster last ran as a primary
+    pid: int | None = None
+
+    def best_lsn(self) -> int | None:
+        candidates = [x for x in (self.wal_lsn, self.received_lsn, self.replayed_lsn) if x is not None]
+        return max(candidates) if candidates else None
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    """A peer's answer to ``GET /health`` during a leader race (fresher than its member key)."""
+
+    name: str
+    reachable: bool
+    postgres_running: bool = False
+    in_recovery: bool | None = None
+    timeline: int | None = None
+    lsn: int | None = None
+    nofailover: bool = False
