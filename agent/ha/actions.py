@@ -1,0 +1,94 @@
+"""What the HA decision asks the executor to do. Plain immutable data, one class per verb."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """Win the ``initialize`` race, initdb, start as primary, take the leader key for term 1."""
+
+
+@dataclass(frozen=True)
+class Clone:
+    """Empty data directory: pg_basebackup from the leader, then start streaming from it."""
+
+    leader: str
+
+
+@dataclass(frozen=True)
+class StartPostgres:
+    """Start the local postgres: as primary when ``as_primary``, else as a standby of ``upstream``.
+
+    ``upstream`` may be None for a standby when there is no leader (it replays local WAL and waits).
+    """
+
+    as_primary: bool
+    upstream: str | None = None
+
+
+@dataclass(frozen=True)
+class Rejoin:
+    """A former primary returns: pg_rewind from the leader (re-clone if impossible), start as standby."""
+
+    leader: str
+
+
+@dataclass(frozen=True)
+class AcquireLeader:
+    """Take the leader key and bump the term from ``expected_term`` (one etcd transaction)."""
+
+    expected_term: int
+
+
+@dataclass(frozen=True)
+class Promote:
+    """We hold the leader key for ``term``: promote the local standby."""
+
+    term: int
+
+
+@dataclass(frozen=True)
+class Fence:
+    """Stop accepting writes now (immediate shutdown of postgres)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class ReleaseLeader:
+    """Delete the leader key if it still names us, so a healthy replica can take over."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Follow:
+    """Re-point the running standby at a new upstream (primary_conninfo + reload)."""
+
+    leader: str
+
+
+@dataclass(frozen=True)
+class PublishStatus:
+    """Leader bookkeeping each loop: the ``status`` key and replication slots for the other members."""
+
+    term: int
+    timeline: int
+    wal_lsn: int
+    slot_members: tuple[str, ...]
+
+
+Action = (
+    Bootstrap
+    | Clone
+    | StartPostgres
+    | Rejoin
+    | AcquireLeader
+    | Promote
+    | Fence
+    | ReleaseLeader
+    | Follow
+    | PublishStatus
+)

@@ -1,0 +1,376 @@
+"""The HA decision: a pure function from one immutable snapshot to the actions of this loop.
+
+No I/O, no clock reads, no globals: ``Inputs`` carries everything (``now`` is monotonic seconds),
+``Decision`` carries everything the executor needs, including the agent's updated ``Memory``.
+The rules follow DESIGN 2.1-2.3; each branch returns a reason written for the 3 a.m. log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from pgquorum.agent.config import Timing
+from pgquorum.agent.ha.actions import (
+    AcquireLeader,
+    Action,
+    Bootstrap,
+    Clone,
+    Fence,
+    Follow,
+    Promote,
+    PublishStatus,
+    Rejoin,
+    ReleaseLeader,
+    StartPostgres,
+)
+from pgquorum.agent.model import ClusterState, PeerStatus, PostgresState, Role
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What the agent remembers between loops (returned, updated, by every decision)."""
+
+    leader_term: int | None = None  # the term we lead, None when we are not the leader
+    last_renew_sent: float | None = None  # send time of the last renewal that kept our leader key
+    pg_down_since: float | None = None  # leader only: when postgres was first seen down
+    leaderless_since: float | None = None  # when this agent first saw no leader key (election timing)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    me: str
+    now: float
+    timing: Timing
+    cluster: ClusterState | None  # None: etcd unreachable in this loop
+    pg: PostgresState
+    memory: Memory = field(default_factory=Memory)
+    lease_renewed_at: float | None = None  # send time of this loop's successful lease keepalive
+    peers: tuple[PeerStatus, ...] = ()  # gathered only while there is no leader
+    nofailover: bool = False
+    maximum_lag_on_failover: int = 1024 * 1024
+    primary_start_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    actions: tuple[Action, ...]
+    reason: str
+    role: Role
+    memory: Memory
+    again: bool = False  # state changed: run the next loop at once instead of sleeping
+    alert: str | None = None  # a condition a human must look at (logged at error, exported)
+
+
+def fence_deadline(last_renew_sent: float | None, timing: Timing) -> float | None:
+    """The instant the leader must have stopped accepting writes (DESIGN 2.1)."""
+    if last_renew_sent is None:
+        return None
+    return last_renew_sent + timing.fence_after()
+
+
+def decide(inp: Inputs) -> Decision:
+    memory = _remember_renewal(inp)
+    inp = replace(inp, memory=memory)
+    cluster = inp.cluster
+    if cluster is None:
+        return _without_dcs(inp)
+    if cluster.initialize is None:
+        return _uninitialized(inp)
+    if cluster.initialize == "":
+        return _wait(inp, "another member is bootstrapping the cluster", Role.UNINITIALIZED)
+    if not inp.pg.data_initialized:
+        return _empty_data_dir(inp, cluster)
+    if inp.pg.system_id is not None and inp.pg.system_id != cluster.initialize:
+        return _wait(
+            inp,
+            f"local system identifier {inp.pg.system_id} differs from the cluster's "
+            f"{cluster.initialize}: refusing to touch this data directory",
+            Role.STOPPED,
+            alert="system identifier mismatch; reinitialize this member",
+        )
+    if not inp.pg.running:
+        return _postgres_down(inp, cluster)
+    if not inp.pg.accepting_connections or inp.pg.in_recovery is None:
+        return _wait(inp, "postgres is starting up", Role.STOPPED)
+    leader = cluster.leader
+    if leader is None:
+        return _race(inp, cluster)
+    if leader.name == inp.me:
+        return _lead(inp, cluster)
+    return _follow(inp, cluster, leader.name)
+
+
+def _remember_renewal(inp: Inputs) -> Memory:
+    """Our renewal counts only if the fresh snapshot still shows the leader key as ours."""
+    m = inp.memory
+    cluster = inp.cluster
+    if cluster is None:
+        return m
+    leader = cluster.leader
+    if cluster.leader is None:
+        m = replace(m, leaderless_since=m.leaderless_since if m.leaderless_since is not None else inp.now)
+    else:
+        m = replace(m, leaderless_since=None)
+    if leader is None or leader.name != inp.me:
+        return replace(m, leader_term=None, last_renew_sent=None, pg_down_since=None)
+    renewed = inp.lease_renewed_at if inp.lease_renewed_at is not None else m.last_renew_sent
+    return replace(m, leader_term=cluster.term, last_renew_sent=renewed)
+
+
+def _wait(inp: Inputs, reason: str, role: Role, alert: str | None = None, memory: Memory | None = None) -> Decision:
+    return Decision((), reason, role, memory or inp.memory, alert=alert)
+
+
+def _observed_role(inp: Inputs) -> Role:
+    pg = inp.pg
+    if not pg.data_initialized:
+        return Role.UNINITIALIZED
+    if not pg.running:
+        return Role.STOPPED
+    if pg.in_recovery is False:
+        return Role.LEADER if inp.memory.leader_term is not None else Role.DEMOTED
+    return Role.STANDBY
+
+
+def _is_writable_primary(pg: PostgresState) -> bool:
+    return pg.running and pg.in_recovery is False
+
+
+def _without_dcs(inp: Inputs) -> Decision:
+    m = inp.memory
+    deadline = fence_deadline(m.last_renew_sent, inp.timing)
+    if m.leader_term is not None and _is_writable_primary(inp.pg):
+        if deadline is None or inp.now >= deadline:
+            return Decision(
+                (Fence(f"etcd unreachable and the lease of term {m.leader_term} may have expired"),),
+                f"etcd unreachable: fencing, deadline passed {inp.now - (deadline or inp.now):.2f}s ago",
+                Role.DEMOTED,
+                replace(m, leader_term=None, last_renew_sent=None),
+                again=True,
+            )
+        return _wait(
+            inp,
+            f"etcd unreachable: still leader of term {m.leader_term}, fencing in {deadline - inp.now:.2f}s",
+            Role.LEADER,
+        )
+    return _wait(inp, "etcd unreachable: keeping the current state", _observed_role(inp))
+
+
+def _uninitialized(inp: Inputs) -> Decision:
+    if not inp.pg.data_initialized:
+        return Decision(
+            (Bootstrap(),),
+            "cluster not initialized: racing to bootstrap",
+            Role.UNINITIALIZED,
+            inp.memory,
+            again=True,
+        )
+    return _wait(
+        inp,
+        "etcd has no 'initialize' key but this member has a data directory: refusing to guess which "
+        "data is authoritative",
+        Role.STOPPED,
+        alert="etcd lost the cluster's keys; restore etcd or reinitialize members",
+    )
+
+
+def _empty_data_dir(inp: Inputs, cluster: ClusterState) -> Decision:
+    leader = cluster.leader
+    if leader is None or leader.name == inp.me:
+        return _wait(inp, "no data directory and no leader to clone from yet", Role.UNINITIALIZED)
+    source = cluster.member(leader.name)
+    if source is None or not source.conn_url:
+        return _wait(inp, f"leader {leader.name} has not published its address yet", Role.UNINITIALIZED)
+    return Decision(
+        (Clone(leader.name),),
+        f"empty data directory: cloning from leader {leader.name}",
+        Role.UNINITIALIZED,
+        inp.memory,
+        again=True,
+    )
+
+
+def _postgres_down(inp: Inputs, cluster: ClusterState) -> Decision:
+    m = inp.memory
+    leader = cluster.leader
+    if leader is not None and leader.name == inp.me:
+        deadline = fence_deadline(m.last_renew_sent, inp.timing)
+        if deadline is None or inp.now >= deadline:
+            return Decision(
+                (ReleaseLeader("lease not renewed in time while postgres was down"),),
+                "leader lease too old to restart as primary",
+                Role.STOPPED,
+                replace(m, leader_term=None, last_renew_sent=None, pg_down_since=None),
+                again=True,
+            )
+        down_since = m.pg_down_since if m.pg_down_since is not None else inp.now
+        if inp.now - down_since >= inp.primary_start_timeout:
+            return Decision(
+                (
+                    ReleaseLeader(
+                        f"postgres did not come back within primary_start_timeout ({inp.primary_start_timeout:g}s)"
+                    ),
+                ),
+                f"postgres down for {inp.now - down_since:.1f}s: giving up the leader key of term {cluster.term}",
+                Role.STOPPED,
+                replace(m, leader_term=None, last_renew_sent=None, pg_down_since=None),
+                again=True,
+                alert="primary postgres failed to restart; leadership released",
+            )
+        return Decision(
+            (StartPostgres(as_primary=True),),
+            f"postgres is down while we lead term {cluster.term}: restarting it",
+            Role.STOPPED,
+            replace(m, pg_down_since=down_since),
+            again=True,
+        )
+    if leader is not None:
+        if inp.pg.was_primary:
+            return Decision(
+                (Rejoin(leader.name),),
+                f"former primary rejoining leader {leader.name} (term {cluster.term}) via pg_rewind",
+                Role.STOPPED,
+                m,
+                again=True,
+            )
+        return Decision(
+            (StartPostgres(as_primary=False, upstream=leader.name),),
+            f"starting as a standby of leader {leader.name}",
+            Role.STOPPED,
+            m,
+            again=True,
+        )
+    # No leader: come up read-only; the race happens once postgres reports its position.
+    return Decision(
+        (StartPostgres(as_primary=False, upstream=None),),
+        "no leader: starting read-only to join the leader race",
+        Role.STOPPED,
+        m,
+        again=True,
+    )
+
+
+def _lead(inp: Inputs, cluster: ClusterState) -> Decision:
+    m = replace(inp.memory, pg_down_since=None)
+    deadline = fence_deadline(m.last_renew_sent, inp.timing)
+    if deadline is None or inp.now >= deadline:
+        return Decision(
+            (Fence(f"leader lease of term {cluster.term} not renewed before the fence deadline"),),
+            "lease renewal too old: fencing",
+            Role.DEMOTED,
+            replace(m, leader_term=None, last_renew_sent=None),
+            again=True,
+        )
+    pg = inp.pg
+    if pg.in_recovery:
+        return Decision(
+            (Promote(cluster.term),),
+            f"we hold the leader key for term {cluster.term}: promoting",
+            Role.STANDBY,
+            m,
+            again=True,
+        )
+    others = tuple(x.name for x in cluster.members if x.name != inp.me and not x.witness)
+    status = PublishStatus(cluster.term, pg.timeline or 0, pg.wal_lsn or 0, others)
+    return Decision((status,), f"leader of term {cluster.term}, lease renewed", Role.LEADER, m)
+
+
+def _follow(inp: Inputs, cluster: ClusterState, leader: str) -> Decision:
+    pg = inp.pg
+    if pg.in_recovery is False:
+        return Decision(
+            (Fence(f"{leader} holds the leader key for term {cluster.term}; we are a stale primary"),),
+            f"demoting: {leader} leads term {cluster.term}",
+            Role.DEMOTED,
+            inp.memory,
+            again=True,
+        )
+    if pg.upstream != leader:
+        return Decision(
+            (Follow(leader),),
+            f"re-pointing replication from {pg.upstream} to leader {leader}",
+            Role.STANDBY,
+            inp.memory,
+        )
+    role = Role.REPLICA if pg.streaming else Role.STANDBY
+    return _wait(inp, f"replica of {leader} (term {cluster.term})", role)
+
+
+def _race(inp: Inputs, cluster: ClusterState) -> Decision:
+    """No leader key: only the healthiest eligible member takes it (DESIGN 2.3)."""
+    pg = inp.pg
+    take = Decision(
+        (AcquireLeader(cluster.term),),
+        f"no leader: we are the healthiest eligible member, taking term {cluster.term + 1}",
+        _observed_role(inp),
+        inp.memory,
+        again=True,
+    )
+    if _is_writable_primary(pg):
+        # We lost the key while running as primary (deleted, or released): we are the most advanced.
+        if inp.nofailover:
+            return Decision(
+                (Fence("no leader key and this member is nofailover"),),
+                "primary without leader key: fencing (nofailover)",
+                Role.DEMOTED,
+                inp.memory,
+                again=True,
+            )
+        return take
+    alive = [p.name for p in inp.peers if p.reachable and p.postgres_running and p.in_recovery is False]
+    if alive:
+        return _wait(inp, f"no leader key but {alive[0]} is still a running primary: not racing", Role.STANDBY)
+    problems = ineligibility(inp.me, pg.timeline, pg.best_lsn(), inp.nofailover, inp, cluster)
+    eligible_peers = [
+        p
+        for p in inp.peers
+        if p.reachable
+        and p.postgres_running
+        and not ineligibility(p.name, p.timeline, p.lsn, p.nofailover, inp, cluster)
+    ]
+    if problems:
+        alert = None
+        if not eligible_peers:
+            alert = "no member is eligible for failover: " + "; ".join(problems)
+        return _wait(inp, "no leader, not eligible: " + "; ".join(problems), Role.STANDBY, alert=alert)
+    mine = (pg.best_lsn() or 0, inp.me)
+    for p in eligible_peers:
+        theirs = (p.lsn or 0, p.name)
+        if theirs[0] > mine[0] or (theirs[0] == mine[0] and theirs[1] < mine[1]):
+            return _wait(
+                inp,
+                f"no leader: {p.name} is ahead or ties with a smaller name "
+                f"({p.lsn} vs our {mine[0]}), letting it take the key",
+                Role.STANDBY,
+            )
+    return take
+
+
+def ineligibility(
+    name: str, timeline: int | None, lsn: int | None, nofailover: bool, inp: Inputs, cluster: ClusterState
+) -> list[str]:
+    """Why ``name`` may not be promoted (empty list: eligible)."""
+    problems: list[str] = []
+    if nofailover:
+        problems.append(f"{name} is tagged nofailover")
+    newest_tl = max(
+        [p.timeline or 0 for p in inp.peers if p.reachable]
+        + [inp.pg.timeline or 0]
+        + [cluster.status.timeline if cluster.status else 0]
+    )
+    if timeline is None or timeline < newest_tl:
+        problems.append(f"{name} is on timeline {timeline}, the newest is {newest_tl}")
+    if lsn is None:
+        problems.append(f"{name} reported no WAL position")
+    elif cluster.status is not None and cluster.status.wal_lsn - lsn > inp.maximum_lag_on_failover:
+        problems.append(
+            f"{name} is {cluster.status.wal_lsn - lsn} bytes behind the last leader position "
+            f"(maximum_lag_on_failover {inp.maximum_lag_on_failover})"
+        )
+    return problems
+
+
+def guard_must_fence(now: float, memory: Memory, timing: Timing) -> bool:
+    """The fence guard's rule, checked between loops: a leader past its deadline stops writes now."""
+    deadline = fence_deadline(memory.last_renew_sent, timing)
+    return memory.leader_term is not None and deadline is not None and now >= deadline
