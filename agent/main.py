@@ -1,0 +1,73 @@
+"""``pgquorum agent --config FILE``: wire the validated config to etcd, postgres, the loop and the API."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+
+from pgquorum.agent.postgres.controller import PostgresController
+
+from pgquorum.agent.api.server import ApiServer
+from pgquorum.agent.clock import SystemClock
+from pgquorum.agent.config import AgentConfig, load_config
+from pgquorum.agent.dcs.etcd import EtcdDCS
+from pgquorum.agent.ha.loop import HaLoop
+from pgquorum.agent.logs import setup_logging
+
+log = logging.getLogger("pgquorum.agent")
+
+
+def build(cfg: AgentConfig) -> tuple[HaLoop, ApiServer]:
+    dcs = EtcdDCS(
+        cfg.etcd_endpoints,
+        prefix=cfg.etcd_prefix,
+        cluster=cfg.cluster,
+        member=cfg.name,
+        ttl=int(cfg.timing.ttl),
+        timeout=cfg.timing.retry_timeout,
+    )
+    pg = PostgresController(cfg.postgres, cfg.name)
+    loop = HaLoop(cfg, dcs, pg, SystemClock())
+    api = ApiServer(loop, cfg.api_listen)
+    return loop, api
+
+
+def run_agent(config_path: Path) -> int:
+    cfg = load_config(config_path)  # ConfigError is turned into a one-line message by the CLI
+    setup_logging(cfg.name, cfg.log_level)
+    if os.geteuid() == 0 and cfg.postgres.run_as is None:
+        log.info("running as root: postgres commands run as the 'postgres' user", extra={"event": "start"})
+    loop, api = build(cfg)
+    api.start()
+    log.info(
+        "agent started",
+        extra={
+            "event": "start",
+            "cluster": cfg.cluster,
+            "api": cfg.api_url,
+            "ttl": cfg.timing.ttl,
+            "loop_wait": cfg.timing.loop_wait,
+            "fence_after": cfg.timing.fence_after(),
+        },
+    )
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal received: shutting down", extra={"event": "shutdown", "signal": signal.Signals(signum).name})
+        stopping.set()
+        loop.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    worker = threading.Thread(target=loop.run, name="ha-loop", daemon=True)
+    worker.start()
+    while worker.is_alive() and not stopping.is_set():
+        stopping.wait(0.5)
+    worker.join(timeout=cfg.timing.loop_wait + 2 * cfg.timing.retry_timeout + 1)
+    loop.shutdown()
+    api.stop()
+    log.info("agent stopped", extra={"event": "stopped"})
+    return 0

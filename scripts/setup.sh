@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian machine lacks and prints the path of a ready virtualenv.
+#   root:      apt packages (postgresql-15, etcd-server, python3-venv), venv under /opt/pgquorum-cache
+#   non-root:  checks the packages, venv under ~/.cache/pgquorum
+# The venv is built from /usr/bin/python3 outside /root, so the unprivileged 'postgres' user that
+# runs PostgreSQL (which refuses root) can execute it. Reused while pyproject.toml is unchanged.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { echo "setup: $*" >&2; }
+
+if [ "$(id -u)" = 0 ]; then
+  CACHE=${PGQUORUM_CACHE:-/opt/pgquorum-cache}
+  missing=()
+  for pkg in postgresql-15 etcd-server python3-venv; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+  fi
+  # Debian starts a system-wide etcd/postgres on install where an init system runs; we use our own.
+  if command -v systemctl >/dev/null && systemctl is-active --quiet etcd 2>/dev/null; then
+    systemctl stop etcd >&2 || true
+  fi
+else
+  CACHE=${PGQUORUM_CACHE:-$HOME/.cache/pgquorum}
+  for bin in /usr/lib/postgresql/15/bin/postgres /usr/bin/etcd; do
+    [ -x "$bin" ] || { log "missing $bin: sudo apt-get install postgresql-15 etcd-server python3-venv"; exit 1; }
+  done
+fi
+
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=$(command -v python3)
+key=$( (cat pyproject.toml; $PY --version) | sha256sum | cut -c1-12)
+VENV="$CACHE/venv-$key"
+if [ ! -x "$VENV/bin/pgquorum" ] || [ ! -f "$VENV/.complete" ]; then
+  log "creating $VENV"
+  rm -rf "$VENV"
+  mkdir -p "$CACHE"
+  $PY -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip setuptools wheel >&2
+  "$VENV/bin/pip" install -q ".[test]" >&2
+  touch "$VENV/.complete"
+fi
+# The project itself is reinstalled each time (seconds): a copy in site-packages, readable by the
+# postgres user wherever this checkout lives.
+"$VENV/bin/pip" install -q --no-deps --no-build-isolation --force-reinstall . >&2
+chmod -R o+rX "$CACHE" 2>/dev/null || true
+echo "$VENV"

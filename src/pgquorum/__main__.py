@@ -1,0 +1,5 @@
+import sys
+
+from pgquorum.cli import main
+
+sys.exit(main())

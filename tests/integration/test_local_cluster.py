@@ -1,0 +1,205 @@
+"""The agent end to end: real etcd + 3 real PostgreSQL members started by ``pgquorum local``.
+
+The tests share one cluster and run in file order: each leaves the cluster healthy for the next.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgquorum.local.runner import LocalCluster
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "pgquorum", *args], capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"pgquorum {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    # Under /var/tmp, traversable by the unprivileged user that runs postgres (pytest's tmp is 0700).
+    base = Path(tempfile.mkdtemp(prefix="pgquorum-it-", dir="/var/tmp"))
+    base.chmod(0o755)
+    c = LocalCluster(base / "cluster")
+    try:
+        run_cli("local", "up", "--data-dir", str(c.data_dir))
+        yield c
+    finally:
+        subprocess.run([sys.executable, "-m", "pgquorum", "local", "down", "--data-dir", str(c.data_dir)],
+                       capture_output=True, timeout=120)
+        for log in sorted(c.data_dir.glob("*/agent.log")):
+            print(f"==== {log} (tail)\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:]))
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def status(c: LocalCluster) -> dict[str, Any]:
+    out = run_cli("local", "status", "--json", "--data-dir", str(c.data_dir)).stdout
+    data: dict[str, Any] = json.loads(out)
+    return data
+
+
+def healthy(c: LocalCluster) -> dict[str, Any] | None:
+    s = status(c)
+    roles = sorted(m["role"] for m in s["members"])
+    return s if roles == ["leader", "replica", "replica"] else None
+
+
+def member_dsn(c: LocalCluster, port: int) -> str:
+    return f"host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=2 " + (
+        f"passfile={c.data_dir / 'secrets' / 'pgpass'}"
+    )
+
+
+def insert_replicated(conn: psycopg.Connection[Any], row_id: int, replicas: int, timeout: float = 5.0) -> None:
+    """Insert, then wait until every replica has flushed the commit: the row is acknowledged."""
+    conn.execute("INSERT INTO it_rows (id) VALUES (%s)", (row_id,))
+    lsn = conn.execute("SELECT pg_current_wal_flush_lsn()").fetchone()[0]  # type: ignore[index]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        n = conn.execute(
+            "SELECT count(*) FROM pg_stat_replication WHERE flush_lsn >= %s::pg_lsn", (lsn,)
+        ).fetchone()[0]  # type: ignore[index]
+        if n >= replicas:
+            return
+        time.sleep(0.005)
+    raise TimeoutError("replicas did not confirm")
+
+
+def test_status_contract_and_streaming_replication(cluster: LocalCluster) -> None:
+    s = status(cluster)
+    assert set(s) >= {"dsn", "members", "leader", "term"}
+    assert "target_session_attrs=read-write" in s["dsn"]
+    for m in s["members"]:
+        assert set(m) >= {"name", "role", "term", "lsn", "api_url", "pg_port", "agent_pid", "postgres_pid"}
+        assert m["agent_pid"] and m["postgres_pid"]
+    assert sorted(m["role"] for m in s["members"]) == ["leader", "replica", "replica"]
+    assert s["term"] >= 1
+    with psycopg.connect(s["dsn"], autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS it_rows (id bigint PRIMARY KEY)")
+        insert_replicated(conn, 1, replicas=2)
+    for m in s["members"]:
+        if m["role"] == "replica":
+            with psycopg.connect(member_dsn(cluster, m["pg_port"]), autocommit=True) as conn:
+                assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+                wait_for(lambda c=conn: c.execute("SELECT count(*) FROM it_rows WHERE id = 1").fetchone() == (1,),
+                         10, "row on replica")
+                with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                    conn.execute("INSERT INTO it_rows (id) VALUES (2)")
+
+
+def test_cluster_api_reports_members(cluster: LocalCluster) -> None:
+    s = status(cluster)
+    import urllib.request
+
+    with urllib.request.urlopen(s["members"][0]["api_url"] + "/cluster", timeout=2) as resp:
+        body = json.loads(resp.read())
+    assert body["leader"] == s["leader"] and body["term"] == s["term"]
+    assert {m["name"] for m in body["members"]} == {m["name"] for m in s["members"]}
+    for m in body["members"]:
+        assert set(m) >= {"name", "role", "state", "term", "timeline", "lag_bytes", "api_url", "conn_url"}
+
+
+def test_failover_after_sigkill_of_primary_node_loses_no_replicated_write(cluster: LocalCluster) -> None:
+    before = wait_for(lambda: healthy(cluster), 60, "healthy cluster")
+    old_leader, old_term = before["leader"], before["term"]
+    acked: list[int] = []
+    with psycopg.connect(before["dsn"], autocommit=True) as conn:
+        for i in range(100, 200):
+            insert_replicated(conn, i, replicas=2)
+            acked.append(i)
+    killed_at = time.monotonic()
+    run_cli("local", "kill", "--member", old_leader, "--data-dir", str(cluster.data_dir))
+
+    def new_primary_accepts_writes() -> bool:
+        try:
+            with psycopg.connect(before["dsn"], autocommit=True, connect_timeout=1) as conn:
+                conn.execute("INSERT INTO it_rows (id) VALUES (1000)")
+                return True
+        except psycopg.Error:
+            return False
+
+    wait_for(new_primary_accepts_writes, 30, "a new primary accepting writes", interval=0.05)
+    unavailable = time.monotonic() - killed_at
+    after = status(cluster)
+    assert after["leader"] not in (None, old_leader)
+    assert after["term"] > old_term
+    with psycopg.connect(after["dsn"], autocommit=True) as conn:
+        present = {r[0] for r in conn.execute("SELECT id FROM it_rows")}
+    assert not [i for i in acked if i not in present], "acknowledged (replicated) rows lost"
+    print(f"write unavailability after SIGKILL of the primary node: {unavailable:.2f}s")
+
+    # The former primary comes back and rejoins as a replica on the new timeline.
+    run_cli("local", "start", "--member", old_leader, "--data-dir", str(cluster.data_dir))
+    final = wait_for(lambda: healthy(cluster), 120, "old leader rejoining as replica")
+    rejoined = next(m for m in final["members"] if m["name"] == old_leader)
+    leader = next(m for m in final["members"] if m["role"] == "leader")
+    assert rejoined["role"] == "replica"
+    wait_for(lambda: next(m for m in status(cluster)["members"] if m["name"] == old_leader)["timeline"]
+             == leader["timeline"], 30, "rejoined member on the new timeline")
+    with psycopg.connect(member_dsn(cluster, rejoined["pg_port"]), autocommit=True) as conn:
+        wait_for(lambda: conn.execute("SELECT count(*) FROM it_rows WHERE id = 1000").fetchone() == (1,), 20,
+                 "new leader's write on the rejoined member")
+
+
+def test_primary_stops_accepting_writes_before_ttl_when_etcd_is_lost(cluster: LocalCluster) -> None:
+    s = wait_for(lambda: healthy(cluster), 60, "healthy cluster")
+    state = cluster.load()
+    leader = next(m for m in s["members"] if m["role"] == "leader")
+    ttl = 3.0  # the local cluster runs the default timing
+    conn = psycopg.connect(member_dsn(cluster, leader["pg_port"]), autocommit=True)
+    subprocess.run(["kill", "-STOP", str(state.etcd_pid)], check=True)
+    stopped_at = time.monotonic()
+    refused_at = None
+    try:
+        while time.monotonic() - stopped_at < 3 * ttl:
+            try:
+                conn.execute("INSERT INTO it_rows (id) VALUES (%s)", (int(time.time() * 1e6),))
+            except psycopg.Error:
+                refused_at = time.monotonic()
+                break
+            time.sleep(0.01)
+    finally:
+        subprocess.run(["kill", "-CONT", str(state.etcd_pid)], check=True)
+        conn.close()
+    assert refused_at is not None, "the primary kept accepting writes without etcd"
+    window = refused_at - stopped_at
+    print(f"primary refused writes {window:.2f}s after etcd stopped (ttl {ttl}s)")
+    assert window < ttl
+    wait_for(lambda: healthy(cluster), 120, "cluster healthy again after etcd returns")
+
+
+def test_bad_settings_are_rejected_with_a_clear_message(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(
+        "name: a\ncluster: c\netcd_endpoints: [http://127.0.0.1:1]\napi_listen: 127.0.0.1:1\n"
+        "postgres: {data_dir: /nonexistent}\ntiming: {ttl: 3, loop_wait: 2, retry_timeout: 1}\n"
+    )
+    proc = run_cli("agent", "--config", str(cfg), check=False)
+    assert proc.returncode == 2
+    assert "loop_wait + 2 * retry_timeout must be <= ttl" in proc.stderr
+    assert "Traceback" not in proc.stderr
