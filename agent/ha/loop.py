@@ -91,6 +91,7 @@ class HaLoop:
         self._view = LoopView(None, PostgresState(False, False), None, False, clock.monotonic())
         self._last_reason = ""
         self._acquired_at: float | None = None
+        self._election_seconds: float | None = None  # first sight of no leader -> key taken
         self._peer_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="peer")
 
     # -- public --------------------------------------------------------------------------
@@ -110,10 +111,19 @@ class HaLoop:
                 log.exception("HA loop iteration failed", extra={"event": "loop_error"})
             if again:
                 continue
-            remaining = self.cfg.timing.loop_wait - (self.clock.monotonic() - started)
-            if remaining > 0:
-                self.wake.wait(remaining)
-            self.wake.clear()
+            self._sleep_until(started + self.cfg.timing.loop_wait)
+
+    def _sleep_until(self, until: float) -> None:
+        """Sleep until the next loop, waking early on a request or when our postgres exits."""
+        was_running = self.view.pg.running
+        while not self._stop.is_set():
+            remaining = until - self.clock.monotonic()
+            if remaining <= 0 or self.wake.wait(min(remaining, 0.05)):
+                break
+            if was_running and self.pg.exited.is_set():
+                log.warning("postgres exited", extra={"event": "postgres_exited", "code": self.pg.exit_code})
+                break
+        self.wake.clear()
 
     def stop(self) -> None:
         self._stop.set()
@@ -224,7 +234,9 @@ class HaLoop:
 
     def _execute(self, action: Action, cluster: ClusterState | None, renewed_at: float | None, d: Decision) -> None:
         term = cluster.term if cluster else None
-        log.info("executing", extra={"event": "action", "action": repr(action), "term": term})
+        # The leader's bookkeeping runs every loop: keep it out of the INFO log.
+        level = logging.DEBUG if isinstance(action, PublishStatus) else logging.INFO
+        log.log(level, "executing", extra={"event": "action", "action": repr(action), "term": term})
         match action:
             case Bootstrap():
                 self._bootstrap()
@@ -252,6 +264,8 @@ class HaLoop:
                     log.info("lost the leader race", extra={"event": "race_lost", "term": t})
                     return
                 self._acquired_at = self.clock.monotonic()
+                since = self.memory.leaderless_since
+                self._election_seconds = None if since is None else round(self._acquired_at - since, 3)
                 self.memory = replace(self.memory, leader_term=new_term, last_renew_sent=renewed_at)
                 self.guard.update(self.memory)
                 log.warning("took the leader key", extra={"event": "leader_acquired", "term": new_term})
@@ -304,8 +318,8 @@ class HaLoop:
     def _after_promotion(self, cluster: ClusterState | None, term: int, started: float, done: float) -> None:
         state = self.pg.state()
         durations = {"promotion": round(done - started, 3)}
-        if self._acquired_at is not None and self.memory.leaderless_since is not None:
-            durations["election"] = round(self._acquired_at - self.memory.leaderless_since, 3)
+        if self._election_seconds is not None:
+            durations["election"] = self._election_seconds
         old = None
         if cluster is not None:
             history = self.dcs.get_history()

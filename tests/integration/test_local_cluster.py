@@ -50,8 +50,11 @@ def cluster() -> Iterator[LocalCluster]:
         run_cli("local", "up", "--data-dir", str(c.data_dir))
         yield c
     finally:
-        subprocess.run([sys.executable, "-m", "pgquorum", "local", "down", "--data-dir", str(c.data_dir)],
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [sys.executable, "-m", "pgquorum", "local", "down", "--data-dir", str(c.data_dir)],
+            capture_output=True,
+            timeout=120,
+        )
         for log in sorted(c.data_dir.glob("*/agent.log")):
             print(f"==== {log} (tail)\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:]))
         shutil.rmtree(base, ignore_errors=True)
@@ -81,9 +84,7 @@ def insert_replicated(conn: psycopg.Connection[Any], row_id: int, replicas: int,
     lsn = conn.execute("SELECT pg_current_wal_flush_lsn()").fetchone()[0]  # type: ignore[index]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        n = conn.execute(
-            "SELECT count(*) FROM pg_stat_replication WHERE flush_lsn >= %s::pg_lsn", (lsn,)
-        ).fetchone()[0]  # type: ignore[index]
+        n = conn.execute("SELECT count(*) FROM pg_stat_replication WHERE flush_lsn >= %s::pg_lsn", (lsn,)).fetchone()[0]  # type: ignore[index]
         if n >= replicas:
             return
         time.sleep(0.005)
@@ -106,8 +107,11 @@ def test_status_contract_and_streaming_replication(cluster: LocalCluster) -> Non
         if m["role"] == "replica":
             with psycopg.connect(member_dsn(cluster, m["pg_port"]), autocommit=True) as conn:
                 assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
-                wait_for(lambda c=conn: c.execute("SELECT count(*) FROM it_rows WHERE id = 1").fetchone() == (1,),
-                         10, "row on replica")
+                wait_for(
+                    lambda c=conn: c.execute("SELECT count(*) FROM it_rows WHERE id = 1").fetchone() == (1,),
+                    10,
+                    "row on replica",
+                )
                 with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
                     conn.execute("INSERT INTO it_rows (id) VALUES (2)")
 
@@ -159,11 +163,19 @@ def test_failover_after_sigkill_of_primary_node_loses_no_replicated_write(cluste
     rejoined = next(m for m in final["members"] if m["name"] == old_leader)
     leader = next(m for m in final["members"] if m["role"] == "leader")
     assert rejoined["role"] == "replica"
-    wait_for(lambda: next(m for m in status(cluster)["members"] if m["name"] == old_leader)["timeline"]
-             == leader["timeline"], 30, "rejoined member on the new timeline")
+    wait_for(
+        lambda: (
+            next(m for m in status(cluster)["members"] if m["name"] == old_leader)["timeline"] == leader["timeline"]
+        ),
+        30,
+        "rejoined member on the new timeline",
+    )
     with psycopg.connect(member_dsn(cluster, rejoined["pg_port"]), autocommit=True) as conn:
-        wait_for(lambda: conn.execute("SELECT count(*) FROM it_rows WHERE id = 1000").fetchone() == (1,), 20,
-                 "new leader's write on the rejoined member")
+        wait_for(
+            lambda: conn.execute("SELECT count(*) FROM it_rows WHERE id = 1000").fetchone() == (1,),
+            20,
+            "new leader's write on the rejoined member",
+        )
 
 
 def test_primary_stops_accepting_writes_before_ttl_when_etcd_is_lost(cluster: LocalCluster) -> None:
