@@ -8,14 +8,13 @@ import signal
 import threading
 from pathlib import Path
 
-from pgquorum.agent.postgres.controller import PostgresController
-
 from pgquorum.agent.api.server import ApiServer
 from pgquorum.agent.clock import SystemClock
 from pgquorum.agent.config import AgentConfig, load_config
 from pgquorum.agent.dcs.etcd import EtcdDCS
 from pgquorum.agent.ha.loop import HaLoop
 from pgquorum.agent.logs import setup_logging
+from pgquorum.agent.postgres.controller import PostgresController
 
 log = logging.getLogger("pgquorum.agent")
 

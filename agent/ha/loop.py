@@ -20,8 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
-from pgquorum.agent.postgres.controller import PostgresController, PostgresError, Upstream
-
 from pgquorum.agent.clock import Clock
 from pgquorum.agent.config import AgentConfig
 from pgquorum.agent.dcs.base import DCS, DCSError
@@ -49,6 +47,7 @@ from pgquorum.agent.model import (
     PostgresState,
     Role,
 )
+from pgquorum.agent.postgres.controller import PostgresController, PostgresError, Upstream
 
 log = logging.getLogger("pgquorum.ha")
 
