@@ -99,9 +99,11 @@ class EtcdServer:
         self.data_dir.chmod(0o700)  # etcd warns about (3.5: refuses) anything looser
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         uid = gid = None
+        groups: list[int] = []
         if self.run_as and os.geteuid() == 0:
             entry = pwd.getpwnam(self.run_as)
             uid, gid = entry.pw_uid, entry.pw_gid
+            groups = os.getgrouplist(self.run_as, gid)
             for root, dirs, files in os.walk(self.data_dir):
                 for item in (root, *(os.path.join(root, n) for n in dirs + files)):
                     os.chown(item, entry.pw_uid, entry.pw_gid)
@@ -116,7 +118,7 @@ class EtcdServer:
                 start_new_session=True,
                 user=uid,
                 group=gid,
-                extra_groups=None if uid is None else [],  # drop root's supplementary groups too
+                extra_groups=None if uid is None else groups,  # the user's groups, not root's
             )
         deadline = time.monotonic() + timeout
         while True:
