@@ -216,7 +216,7 @@ class LocalCluster:
                     "port": slot.pg_port,
                     "superuser_password_file": str(secrets_dir / "superuser"),
                     "replication_password_file": str(secrets_dir / "replication"),
-                    "parameters": {"shared_buffers": "32MB", "max_connections": "50"},
+                    "parameters": {"shared_buffers": "32MB", "max_connections": "50", "max_slot_wal_keep_size": "1GB"},
                 },
             }
             cfg_path = home / "agent.yaml"
