@@ -12,6 +12,7 @@ from pgquorum.agent.api.server import ApiServer
 from pgquorum.agent.clock import SystemClock
 from pgquorum.agent.config import AgentConfig, load_config
 from pgquorum.agent.dcs.etcd import EtcdDCS
+from pgquorum.agent.dcs.etcd_watch import LeaderWatch
 from pgquorum.agent.ha.loop import HaLoop
 from pgquorum.agent.logs import setup_logging
 from pgquorum.agent.postgres.controller import PostgresController
@@ -30,6 +31,7 @@ def build(cfg: AgentConfig) -> tuple[HaLoop, ApiServer]:
     )
     pg = PostgresController(cfg.postgres, cfg.name)
     loop = HaLoop(cfg, dcs, pg, SystemClock())
+    loop.watch = LeaderWatch(cfg.etcd_endpoints, dcs.base + "leader", loop.wake.set)
     api = ApiServer(loop, cfg.api_listen)
     return loop, api
 

@@ -10,9 +10,11 @@ Key layout under ``/<prefix>/<cluster>/`` (prefix defaults to ``pgquorum``):
 ``term``            decimal counter (fencing token), bumped in the same transaction as ``leader``
 ``status``          JSON LeaderStatus written by the leader every loop (no lease)
 ``members/<name>``  JSON MemberInfo, attached to the member's lease
-``history/<term>``  JSON HistoryEntry, zero-padded term so keys sort
 ``config``          JSON dynamic configuration
 ==================  ==========================================================================
+
+History entries live beside that range, under ``/<prefix>/<cluster>.history/<term, zero-padded>``,
+so the per-loop read of the cluster does not grow with every failover.
 
 Every method has a bounded duration (the implementation's request timeout) and raises
 ``DCSError`` on any failure to reach or understand etcd: never another exception type, so the HA

@@ -116,6 +116,9 @@ class EtcdDCS:
         self.ttl = int(ttl)
         self.timeout = float(timeout)
         self.base = f"/{prefix.strip('/')}/{cluster}/" if prefix.strip("/") else f"/{cluster}/"
+        # History sits beside the cluster's range, not in it: get_cluster runs every loop and must not
+        # grow with every failover. '.' is not allowed in cluster names, so this cannot collide.
+        self.history_base = self.base.rstrip("/") + ".history/"
         self._session = requests.Session()
         self._clients = [self._make_client(url) for url in endpoints]
         self._current = 0  # index of the endpoint that answered last
@@ -286,7 +289,7 @@ class EtcdDCS:
 
     @_guarded
     def get_history(self) -> list[HistoryEntry]:
-        data = self._range(self.base + "history/", self._deadline(), prefix=True)
+        data = self._range(self.history_base, self._deadline(), prefix=True)
         entries = []
         for kv in sorted(data.get("kvs", []), key=lambda kv: _unb64(kv["key"])):
             entry = _parse(_unb64(kv["key"]), HistoryEntry.from_json, _unb64(kv.get("value")))
@@ -370,7 +373,7 @@ class EtcdDCS:
 
     @_guarded
     def append_history(self, entry: HistoryEntry) -> None:
-        self._txn([], [_put(f"{self.base}history/{entry.term:010d}", entry.to_json())], self._deadline())
+        self._txn([], [_put(f"{self.history_base}{entry.term:010d}", entry.to_json())], self._deadline())
 
     @_guarded
     def set_config(self, config: dict[str, Any], expected_revision: int | None = None) -> bool:

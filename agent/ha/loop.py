@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from pgquorum.agent.clock import Clock
 from pgquorum.agent.config import AgentConfig
 from pgquorum.agent.dcs.base import DCS, DCSError
+from pgquorum.agent.dcs.etcd_watch import LeaderWatch
 from pgquorum.agent.ha.actions import (
     AcquireLeader,
     Action,
@@ -77,13 +78,16 @@ class LoopView:
 
 
 class HaLoop:
-    def __init__(self, cfg: AgentConfig, dcs: DCS, pg: PostgresController, clock: Clock):
+    def __init__(
+        self, cfg: AgentConfig, dcs: DCS, pg: PostgresController, clock: Clock, watch: LeaderWatch | None = None
+    ):
         self.cfg = cfg
         self.dcs = dcs
         self.pg = pg
         self.clock = clock
         self.memory = Memory()
         self.wake = threading.Event()
+        self.watch = watch  # wakes the loop when the leader key changes (latency only)
         self._stop = threading.Event()
         self.guard = FenceGuard(cfg.timing, clock, self._guard_fence, self.wake.set)
         self._lock = threading.Lock()
@@ -101,6 +105,8 @@ class HaLoop:
 
     def run(self) -> None:
         self.guard.start()
+        if self.watch is not None:
+            self.watch.start()
         while not self._stop.is_set():
             started = self.clock.monotonic()
             again = False
@@ -127,6 +133,8 @@ class HaLoop:
     def stop(self) -> None:
         self._stop.set()
         self.wake.set()
+        if self.watch is not None:
+            self.watch.stop()
 
     def shutdown(self) -> None:
         """Graceful stop: stop postgres; a leader then releases its key so a replica takes over fast."""
