@@ -246,3 +246,42 @@ def with_timing(cfg: AgentConfig, **changes: float) -> AgentConfig:
     timing = replace(cfg.timing, **changes)
     validate_timing(timing)
     return replace(cfg, timing=timing)
+
+
+# Settings an operator may change at run time (PATCH /config, stored in etcd); agents read them
+# every loop. Timing is deliberately not among them: a new ttl only applies to leases granted after
+# it, so changing it under a running leader could move its fence deadline past its lease's expiry.
+DYNAMIC_SETTINGS: dict[str, type] = {"maximum_lag_on_failover": int, "primary_start_timeout": float}
+STATIC_HINT = "timing and postgres settings are per agent: change them in each agent's config and restart it"
+
+
+def validate_dynamic(changes: dict[str, Any]) -> dict[str, Any]:
+    """Check a PATCH of dynamic settings; ``None`` removes an override. Raises ConfigError naming the field."""
+    out: dict[str, Any] = {}
+    for key, value in changes.items():
+        kind = DYNAMIC_SETTINGS.get(key)
+        if kind is None:
+            raise ConfigError(f"{key}: not a dynamic setting (dynamic: {', '.join(DYNAMIC_SETTINGS)}); {STATIC_HINT}")
+        if value is None:
+            out[key] = None
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"{key}: expected a number >= 0, got {value!r}")
+        if kind is int and value != int(value):
+            raise ConfigError(f"{key}: expected a whole number of bytes, got {value!r}")
+        out[key] = kind(value)
+    return out
+
+
+def effective_dynamic(cfg: AgentConfig, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The dynamic settings in force: etcd's overrides on top of this agent's own config."""
+    values: dict[str, Any] = {
+        "maximum_lag_on_failover": cfg.postgres.maximum_lag_on_failover,
+        "primary_start_timeout": cfg.postgres.primary_start_timeout,
+    }
+    for key, value in (overrides or {}).items():
+        try:
+            values.update({k: v for k, v in validate_dynamic({key: value}).items() if v is not None})
+        except ConfigError:
+            continue  # a bad value in etcd never stops the loop; PATCH refuses them up front
+    return values

@@ -21,16 +21,20 @@ log = logging.getLogger("pgquorum.agent")
 
 
 def build(cfg: AgentConfig) -> tuple[HaLoop, ApiServer]:
-    dcs = EtcdDCS(
-        cfg.etcd_endpoints,
-        prefix=cfg.etcd_prefix,
-        cluster=cfg.cluster,
-        member=cfg.name,
-        ttl=int(cfg.timing.ttl),
-        timeout=cfg.timing.retry_timeout,
-    )
+    def etcd_client() -> EtcdDCS:
+        return EtcdDCS(
+            cfg.etcd_endpoints,
+            prefix=cfg.etcd_prefix,
+            cluster=cfg.cluster,
+            member=cfg.name,
+            ttl=int(cfg.timing.ttl),
+            timeout=cfg.timing.retry_timeout,
+        )
+
+    dcs = etcd_client()
     pg = PostgresController(cfg.postgres, cfg.name)
-    loop = HaLoop(cfg, dcs, pg, SystemClock())
+    # Operators' requests get their own client: EtcdDCS is not thread-safe and the loop owns ``dcs``.
+    loop = HaLoop(cfg, dcs, pg, SystemClock(), control_dcs=etcd_client())
     loop.watch = LeaderWatch(cfg.etcd_endpoints, dcs.base + "leader", loop.wake.set)
     api = ApiServer(loop, cfg.api_listen)
     return loop, api

@@ -118,6 +118,32 @@ class HistoryEntry:
 
 
 @dataclass(frozen=True)
+class SwitchoverRequest:
+    """An operator's request (``switchover`` key): planned handover, or manual failover to a member.
+
+    ``kind`` is ``switchover`` (needs a healthy leader, zero loss) or ``failover`` (named candidate;
+    allowed without a leader). ``failed`` is set by the agent that gave up, with the reason.
+    Times are unix seconds: requests travel between machines, monotonic clocks do not.
+    """
+
+    kind: str
+    candidate: str | None
+    leader: str | None  # the leader when requested (a switchover is void once leadership moved)
+    requested_at: float
+    scheduled_at: float | None = None
+    failed: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> SwitchoverRequest:
+        data: dict[str, Any] = json.loads(raw)
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
 class ClusterState:
     """One consistent read of the cluster's keys in etcd (a single range request, one revision)."""
 
@@ -127,7 +153,8 @@ class ClusterState:
     term: int  # 0 before the first leader
     members: tuple[MemberInfo, ...]
     status: LeaderStatus | None = None
-    config: dict[str, Any] | None = None  # dynamic settings (PATCH /config in a later issue)
+    config: dict[str, Any] | None = None  # dynamic settings (PATCH /config)
+    switchover: SwitchoverRequest | None = None
 
     def member(self, name: str) -> MemberInfo | None:
         for m in self.members:

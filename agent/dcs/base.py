@@ -11,6 +11,7 @@ Key layout under ``/<prefix>/<cluster>/`` (prefix defaults to ``pgquorum``):
 ``status``          JSON LeaderStatus written by the leader every loop (no lease)
 ``members/<name>``  JSON MemberInfo, attached to the member's lease
 ``config``          JSON dynamic configuration
+``switchover``      JSON SwitchoverRequest: a pending switchover / manual failover
 ==================  ==========================================================================
 
 History entries live beside that range, under ``/<prefix>/<cluster>.history/<term, zero-padded>``,
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from pgquorum.agent.model import ClusterState, HistoryEntry, LeaderStatus, MemberInfo
+from pgquorum.agent.model import ClusterState, HistoryEntry, LeaderStatus, MemberInfo, SwitchoverRequest
 
 
 class DCSError(Exception):
@@ -90,6 +91,14 @@ class DCS(Protocol):
     def get_history(self) -> list[HistoryEntry]: ...
 
     def set_config(self, config: dict[str, Any], expected_revision: int | None = None) -> bool: ...
+
+    def set_switchover(self, request: SwitchoverRequest) -> None:
+        """Store (replace) the pending switchover / failover request."""
+        ...
+
+    def clear_switchover(self) -> None:
+        """Delete the pending request (done, or no longer applicable)."""
+        ...
 
     def close(self) -> None:
         """Revoke nothing: a closing agent's keys expire with its lease (release_leader is explicit)."""

@@ -30,7 +30,14 @@ from etcd3gw.client import Etcd3Client
 from urllib3.util import Timeout
 
 from pgquorum.agent.dcs.base import DCSError
-from pgquorum.agent.model import ClusterState, HistoryEntry, LeaderInfo, LeaderStatus, MemberInfo
+from pgquorum.agent.model import (
+    ClusterState,
+    HistoryEntry,
+    LeaderInfo,
+    LeaderStatus,
+    MemberInfo,
+    SwitchoverRequest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +272,7 @@ class EtcdDCS:
         members: list[MemberInfo] = []
         status: LeaderStatus | None = None
         config: dict[str, Any] | None = None
+        switchover: SwitchoverRequest | None = None
         for kv in data.get("kvs", []):
             key = _unb64(kv["key"])[len(self.base) :]
             value = _unb64(kv.get("value"))
@@ -285,7 +293,9 @@ class EtcdDCS:
                 status = _parse(key, _status_from_json, value)
             elif key == "config":
                 config = _parse(key, _config_from_json, value)
-        return ClusterState(revision, initialize, leader, term, tuple(members), status, config)
+            elif key == "switchover":
+                switchover = _parse(key, SwitchoverRequest.from_json, value)
+        return ClusterState(revision, initialize, leader, term, tuple(members), status, config, switchover)
 
     @_guarded
     def get_history(self) -> list[HistoryEntry]:
@@ -370,6 +380,14 @@ class EtcdDCS:
     @_guarded
     def write_status(self, status: LeaderStatus) -> None:
         self._txn([], [_put(self.base + "status", json.dumps(asdict(status), sort_keys=True))], self._deadline())
+
+    @_guarded
+    def set_switchover(self, request: SwitchoverRequest) -> None:
+        self._txn([], [_put(self.base + "switchover", request.to_json())], self._deadline())
+
+    @_guarded
+    def clear_switchover(self) -> None:
+        self._txn([], [_delete(self.base + "switchover")], self._deadline())
 
     @_guarded
     def append_history(self, entry: HistoryEntry) -> None:

@@ -80,6 +80,41 @@ class PublishStatus:
     slot_members: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class HandOver:
+    """Planned switchover from us (the leader of ``term``) to ``candidate``, losing nothing.
+
+    Stop writes (clean shutdown), wait until the candidate has received the shutdown checkpoint,
+    move the leader key to it with a term bump (one CAS), then follow it as a standby.
+    """
+
+    candidate: str
+    term: int
+    kind: str  # switchover | failover, for the history
+
+
+@dataclass(frozen=True)
+class ClearRequest:
+    """Remove the pending switchover/failover request; ``failed`` records why it was refused."""
+
+    reason: str
+    failed: bool
+
+
+@dataclass(frozen=True)
+class RestartPostgres:
+    """Operator-requested restart; a leader keeps its key and comes back as primary."""
+
+    as_primary: bool
+
+
+@dataclass(frozen=True)
+class Reinitialize:
+    """Operator-requested: wipe this replica's data directory and clone it again from the leader."""
+
+    leader: str
+
+
 Action = (
     Bootstrap
     | Clone
@@ -91,4 +126,8 @@ Action = (
     | ReleaseLeader
     | Follow
     | PublishStatus
+    | HandOver
+    | ClearRequest
+    | RestartPostgres
+    | Reinitialize
 )

@@ -14,13 +14,17 @@ from pgquorum.agent.ha.actions import (
     AcquireLeader,
     Action,
     Bootstrap,
+    ClearRequest,
     Clone,
     Fence,
     Follow,
+    HandOver,
     Promote,
     PublishStatus,
+    Reinitialize,
     Rejoin,
     ReleaseLeader,
+    RestartPostgres,
     StartPostgres,
 )
 from pgquorum.agent.model import ClusterState, PeerStatus, PostgresState, Role
@@ -49,6 +53,12 @@ class Inputs:
     nofailover: bool = False
     maximum_lag_on_failover: int = 1024 * 1024
     primary_start_timeout: float = 10.0
+    wall: float = 0.0  # unix time: only to compare with operators' request times, never for leases
+    command: str | None = None  # operator command for this member: "restart" | "reinitialize"
+
+
+# A manual failover request that nobody could carry out stops steering the race after this long.
+REQUEST_TTL = 30.0
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,8 @@ def decide(inp: Inputs) -> Decision:
     if not inp.pg.accepting_connections or inp.pg.in_recovery is None:
         return _wait(inp, "postgres is starting up", Role.STOPPED)
     leader = cluster.leader
+    if inp.command is not None:
+        return _command(inp, cluster, inp.command)
     if leader is None:
         return _race(inp, cluster)
     if leader.name == inp.me:
@@ -272,7 +284,87 @@ def _lead(inp: Inputs, cluster: ClusterState) -> Decision:
         )
     others = tuple(x.name for x in cluster.members if x.name != inp.me and not x.witness)
     status = PublishStatus(cluster.term, pg.timeline or 0, pg.wal_lsn or 0, others)
-    return Decision((status,), f"leader of term {cluster.term}, lease renewed", Role.LEADER, m)
+    steady = Decision((status,), f"leader of term {cluster.term}, lease renewed", Role.LEADER, m)
+    req = cluster.switchover
+    if req is None or req.failed:
+        return steady
+    if req.leader not in (None, inp.me) or req.candidate == inp.me:
+        return replace(steady, actions=(status, ClearRequest(f"request done or void: {inp.me} leads", False)))
+    if req.scheduled_at is not None and inp.wall < req.scheduled_at:
+        return replace(
+            steady,
+            reason=f"{req.kind} to {req.candidate or 'the best replica'} scheduled "
+            f"in {req.scheduled_at - inp.wall:.0f}s",
+        )
+    candidate, problem = switchover_candidate(req.candidate, cluster, inp.me, pg.timeline)
+    if candidate is None:
+        return replace(
+            steady,
+            actions=(status, ClearRequest(f"{req.kind} refused: {problem}", True)),
+            reason=f"{req.kind} refused: {problem}",
+        )
+    return Decision(
+        (HandOver(candidate, cluster.term, req.kind),),
+        f"{req.kind} requested: handing term {cluster.term} over to {candidate}",
+        Role.LEADER,
+        m,
+        again=True,
+    )
+
+
+def switchover_candidate(
+    wanted: str | None, cluster: ClusterState, me: str, timeline: int | None
+) -> tuple[str | None, str]:
+    """The member to hand over to: ``wanted`` if it is a healthy replica of ours, else the best one."""
+    replicas = [
+        m
+        for m in cluster.members
+        if m.name != me
+        and not m.witness
+        and m.role is Role.REPLICA
+        and not m.nofailover
+        and (timeline is None or m.timeline == timeline)
+    ]
+    if wanted is not None:
+        member = cluster.member(wanted)
+        if member is None:
+            return None, f"candidate {wanted} is not a member of the cluster"
+        if member not in replicas:
+            return None, (
+                f"candidate {wanted} is not a healthy streaming replica on our timeline "
+                f"(role {member.role.value}, timeline {member.timeline}, nofailover {member.nofailover})"
+            )
+        return wanted, ""
+    if not replicas:
+        return None, "no healthy streaming replica to hand over to"
+    best = min(replicas, key=lambda x: (-(x.best_lsn() or 0), x.name))  # most advanced; ties: smallest name
+    return best.name, ""
+
+
+def _command(inp: Inputs, cluster: ClusterState, command: str) -> Decision:
+    leader = cluster.leader.name if cluster.leader else None
+    if command == "restart":
+        as_primary = leader == inp.me and inp.pg.in_recovery is False
+        return Decision(
+            (RestartPostgres(as_primary),),
+            "restart requested by an operator",
+            _observed_role(inp),
+            inp.memory,
+            again=True,
+        )
+    if command == "reinitialize":
+        if leader is None or leader == inp.me:
+            return _wait(
+                inp, "reinitialize refused: it needs another member as leader to clone from", _observed_role(inp)
+            )
+        return Decision(
+            (Reinitialize(leader),),
+            f"reinitialize requested: re-cloning from {leader}",
+            Role.STANDBY,
+            inp.memory,
+            again=True,
+        )
+    return _wait(inp, f"unknown operator command {command!r} ignored", _observed_role(inp))
 
 
 def _follow(inp: Inputs, cluster: ClusterState, leader: str) -> Decision:
@@ -317,6 +409,18 @@ def _race(inp: Inputs, cluster: ClusterState) -> Decision:
                 again=True,
             )
         return take
+    req = cluster.switchover
+    if req is not None and req.kind == "failover" and not req.failed and inp.wall - req.requested_at < REQUEST_TTL:
+        if req.candidate != inp.me:
+            return _wait(inp, f"manual failover to {req.candidate} requested: not racing", Role.STANDBY)
+        if inp.nofailover:
+            return _wait(
+                inp,
+                "manual failover to us requested, but this member is nofailover",
+                Role.STANDBY,
+                alert="manual failover candidate is tagged nofailover",
+            )
+        return replace(take, reason=f"manual failover to us requested: taking term {cluster.term + 1}")
     alive = [p.name for p in inp.peers if p.reachable and p.postgres_running and p.in_recovery is False]
     if alive:
         return _wait(inp, f"no leader key but {alive[0]} is still a running primary: not racing", Role.STANDBY)

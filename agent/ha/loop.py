@@ -21,23 +21,28 @@ from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from pgquorum.agent.clock import Clock
-from pgquorum.agent.config import AgentConfig
+from pgquorum.agent.config import AgentConfig, ConfigError, effective_dynamic, validate_dynamic
 from pgquorum.agent.dcs.base import DCS, DCSError
 from pgquorum.agent.dcs.etcd_watch import LeaderWatch
 from pgquorum.agent.ha.actions import (
     AcquireLeader,
     Action,
     Bootstrap,
+    ClearRequest,
     Clone,
     Fence,
     Follow,
+    HandOver,
     Promote,
     PublishStatus,
+    Reinitialize,
     Rejoin,
     ReleaseLeader,
+    RestartPostgres,
     StartPostgres,
 )
-from pgquorum.agent.ha.decide import Decision, Inputs, Memory, decide
+from pgquorum.agent.ha.control import Accepted, ControlError
+from pgquorum.agent.ha.decide import Decision, Inputs, Memory, decide, switchover_candidate
 from pgquorum.agent.ha.fence import FenceGuard
 from pgquorum.agent.model import (
     ClusterState,
@@ -47,6 +52,7 @@ from pgquorum.agent.model import (
     PeerStatus,
     PostgresState,
     Role,
+    SwitchoverRequest,
 )
 from pgquorum.agent.postgres.controller import PostgresController, PostgresError, Upstream
 
@@ -79,7 +85,13 @@ class LoopView:
 
 class HaLoop:
     def __init__(
-        self, cfg: AgentConfig, dcs: DCS, pg: PostgresController, clock: Clock, watch: LeaderWatch | None = None
+        self,
+        cfg: AgentConfig,
+        dcs: DCS,
+        pg: PostgresController,
+        clock: Clock,
+        watch: LeaderWatch | None = None,
+        control_dcs: DCS | None = None,
     ):
         self.cfg = cfg
         self.dcs = dcs
@@ -96,6 +108,10 @@ class HaLoop:
         self._acquired_at: float | None = None
         self._election_seconds: float | None = None  # first sight of no leader -> key taken
         self._peer_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="peer")
+        # Operators' requests arrive on API threads; they get their own etcd client (not thread-safe).
+        self._control_dcs = control_dcs
+        self._control_lock = threading.Lock()
+        self._command: str | None = None  # "restart" | "reinitialize", consumed by the next decision
 
     # -- public --------------------------------------------------------------------------
     @property
@@ -162,6 +178,8 @@ class HaLoop:
         peers: tuple[PeerStatus, ...] = ()
         if cluster is not None and cluster.leader is None and cluster.initialize:
             peers = self._gather_peers(cluster)
+        dynamic = effective_dynamic(self.cfg, cluster.config if cluster else None)
+        command = self._command
         inputs = Inputs(
             me=self.cfg.name,
             now=self.clock.monotonic(),
@@ -172,10 +190,14 @@ class HaLoop:
             lease_renewed_at=renewed_at,
             peers=peers,
             nofailover=self.cfg.nofailover,
-            maximum_lag_on_failover=self.cfg.postgres.maximum_lag_on_failover,
-            primary_start_timeout=self.cfg.postgres.primary_start_timeout,
+            maximum_lag_on_failover=dynamic["maximum_lag_on_failover"],
+            primary_start_timeout=dynamic["primary_start_timeout"],
+            wall=self.clock.wall(),
+            command=command,
         )
         decision = decide(inputs)
+        if command is not None and _consumes_command(decision):
+            self._command = None
         self.memory = decision.memory
         self.guard.update(self.memory)
         self._log_decision(decision, cluster)
@@ -292,6 +314,25 @@ class HaLoop:
                 log.error("released the leader key", extra={"event": "release", "reason": reason, "done": released})
             case Follow(leader=leader):
                 self.pg.follow(self._upstream(cluster, leader))
+            case HandOver(candidate=candidate, term=t, kind=kind):
+                self._hand_over(cluster, candidate, t, kind)
+            case ClearRequest(reason=reason, failed=failed):
+                request = cluster.switchover if cluster else None
+                if failed and request is not None:
+                    self.dcs.set_switchover(replace(request, failed=reason))
+                    log.error("request refused", extra={"event": "switchover_refused", "reason": reason})
+                else:
+                    self.dcs.clear_switchover()
+            case RestartPostgres(as_primary=as_primary):
+                self.pg.stop(mode="fast", timeout=self.cfg.postgres.stop_timeout)
+                if not as_primary:
+                    self.pg.prepare_standby(self.pg.configured_upstream())
+                self.pg.start(timeout=60)
+            case Reinitialize(leader=leader):
+                upstream = self._upstream(cluster, leader)
+                assert upstream is not None
+                self.pg.reinitialize(upstream, timeout=600)
+                self.pg.start(timeout=60)
             case PublishStatus(term=t, timeline=tl, wal_lsn=lsn, slot_members=names):
                 self.dcs.write_status(LeaderStatus(term=t, timeline=tl, wal_lsn=lsn))
                 self.pg.ensure_slots(names)
@@ -327,18 +368,220 @@ class HaLoop:
         durations = {"promotion": round(done - started, 3)}
         if self._election_seconds is not None:
             durations["election"] = self._election_seconds
-        old = None
-        if cluster is not None:
-            history = self.dcs.get_history()
-            old = history[-1].new_leader if history else None
-        entry = HistoryEntry(term, state.timeline, self.cfg.name, old, "failover", self.clock.wall(), durations)
+            self._election_seconds = None
+        history = self.dcs.get_history()
+        previous = history[-1] if history else None
+        if previous is not None and previous.term == term:
+            # A switchover: the old leader already wrote this term's entry; add our promotion time.
+            entry = replace(previous, timeline=state.timeline, durations={**previous.durations, **durations})
+        else:
+            old = previous.new_leader if previous else None
+            entry = HistoryEntry(term, state.timeline, self.cfg.name, old, "failover", self.clock.wall(), durations)
         self.dcs.append_history(entry)
         if state.timeline is not None and state.wal_lsn is not None:
             self.dcs.write_status(LeaderStatus(term, state.timeline, state.wal_lsn))
         log.warning(
             "promoted",
-            extra={"event": "promoted", "term": term, "timeline": state.timeline, "old_leader": old, **durations},
+            extra={
+                "event": "promoted",
+                "term": term,
+                "timeline": state.timeline,
+                "old_leader": entry.old_leader,
+                "reason": entry.reason,
+                **durations,
+            },
         )
+
+    def _hand_over(self, cluster: ClusterState | None, candidate: str, term: int, kind: str) -> None:
+        """Planned switchover: nothing acknowledged may be lost, so the candidate must have received
+        our shutdown checkpoint before it gets the key."""
+        assert cluster is not None
+        member = cluster.member(candidate)
+        upstream = self._upstream(cluster, candidate)
+        assert member is not None and upstream is not None
+        started = self.clock.monotonic()
+        try:  # a checkpoint now makes the shutdown checkpoint (while writes are refused) short
+            self.pg.execute("CHECKPOINT", timeout=10)
+        except PostgresError as exc:
+            log.warning("pre-switchover checkpoint failed", extra={"event": "switchover", "error": str(exc)})
+        checkpointed = self.clock.monotonic()
+        self.pg.stop(mode="fast", timeout=self.cfg.postgres.stop_timeout)
+        stopped = self.clock.monotonic()
+        shutdown_lsn = self.pg.control_data().checkpoint_lsn or 0
+        deadline = stopped + 5.0
+        caught_up = False
+        while self.clock.monotonic() < deadline:
+            peer = fetch_peer_status(member, 0.3)
+            if peer.lsn is not None and peer.lsn > shutdown_lsn:
+                caught_up = True
+                break
+            threading.Event().wait(0.01)
+        new_term = self.dcs.handover_leader(self.cfg.name, candidate, term) if caught_up else None
+        if new_term is None:
+            why = (
+                f"{candidate} did not receive the shutdown checkpoint within 5 s"
+                if not caught_up
+                else "the leader key or term changed during the handover"
+            )
+            log.error("switchover aborted: restarting as primary", extra={"event": "switchover", "reason": why})
+            request = cluster.switchover
+            if request is not None:
+                self.dcs.set_switchover(replace(request, failed=f"{kind} aborted: {why}"))
+            self.pg.start(timeout=self.cfg.postgres.primary_start_timeout)
+            return
+        handed = self.clock.monotonic()
+        self.memory = replace(self.memory, leader_term=None, last_renew_sent=None)
+        self.guard.update(self.memory)
+        durations = {
+            "checkpoint": round(checkpointed - started, 3),
+            "stop": round(stopped - checkpointed, 3),
+            "catch_up": round(handed - stopped, 3),
+        }
+        self.dcs.append_history(
+            HistoryEntry(new_term, None, candidate, self.cfg.name, kind, self.clock.wall(), durations)
+        )
+        self.dcs.clear_switchover()
+        log.warning(
+            "handed the leader key over",
+            extra={"event": "switchover", "new_leader": candidate, "term": new_term, **durations},
+        )
+        self.pg.prepare_standby(upstream)
+        self.pg.start(timeout=60)
+
+    # -- operator requests (called from API threads) ----------------------------------------
+    def _cdcs(self) -> DCS:
+        if self._control_dcs is None:
+            raise ControlError(503, "this agent was started without an etcd client for operator requests")
+        return self._control_dcs
+
+    def _control_cluster(self) -> ClusterState:
+        try:
+            with self._control_lock:
+                return self._cdcs().get_cluster()
+        except DCSError as exc:
+            raise ControlError(503, f"etcd unreachable from {self.cfg.name}: {exc}; try another member") from None
+
+    def _store_request(self, request: SwitchoverRequest) -> None:
+        try:
+            with self._control_lock:
+                self._cdcs().set_switchover(request)
+        except DCSError as exc:
+            raise ControlError(503, f"could not store the request in etcd: {exc}") from None
+        self.wake.set()
+
+    def switchover(self, candidate: str | None, scheduled_at: float | None, wait: bool) -> Accepted:
+        cluster = self._control_cluster()
+        if cluster.leader is None:
+            raise ControlError(409, "no leader: a switchover needs a healthy leader; use failover with a candidate")
+        leader = cluster.member(cluster.leader.name)
+        pending = cluster.switchover
+        if pending is not None and not pending.failed:
+            raise ControlError(409, f"a {pending.kind} to {pending.candidate or 'the best replica'} is already pending")
+        if candidate is not None:
+            chosen, problem = switchover_candidate(
+                candidate, cluster, cluster.leader.name, leader.timeline if leader else None
+            )
+            if chosen is None:
+                raise ControlError(409 if cluster.member(candidate) else 400, problem, "candidate")
+        if scheduled_at is not None and scheduled_at < self.clock.wall() - 1:
+            raise ControlError(400, "scheduled_at is in the past; give a future time or omit it", "scheduled_at")
+        self._store_request(
+            SwitchoverRequest("switchover", candidate, cluster.leader.name, self.clock.wall(), scheduled_at)
+        )
+        if scheduled_at is not None or not wait:
+            when = "scheduled" if scheduled_at is not None else "requested"
+            return Accepted(f"switchover from {cluster.leader.name} to {candidate or 'the best replica'} {when}")
+        return self._await_new_leader(cluster.leader.name, candidate, "switchover")
+
+    def failover(self, candidate: str, wait: bool) -> Accepted:
+        cluster = self._control_cluster()
+        member = cluster.member(candidate)
+        if member is None or member.witness:
+            known = ", ".join(m.name for m in cluster.members if not m.witness)
+            raise ControlError(400, f"candidate {candidate} is not a data member (members: {known})", "candidate")
+        if member.nofailover:
+            raise ControlError(409, f"candidate {candidate} is tagged nofailover", "candidate")
+        best = max((m for m in cluster.members if not m.witness), key=lambda m: m.best_lsn() or 0)
+        behind = (best.best_lsn() or 0) - (member.best_lsn() or 0)
+        warning = None
+        if behind > 0:
+            warning = (
+                f"{candidate} is {behind} bytes behind {best.name}: writes acknowledged by the old "
+                "leader but not received by the candidate will be lost"
+            )
+        old = cluster.leader.name if cluster.leader else None
+        if old == candidate:
+            raise ControlError(409, f"{candidate} is already the leader", "candidate")
+        self._store_request(SwitchoverRequest("failover", candidate, old, self.clock.wall()))
+        if not wait:
+            return Accepted(f"failover to {candidate} requested", warning)
+        done = self._await_new_leader(old, candidate, "failover")
+        return Accepted(done.message, warning, done.details)
+
+    def _await_new_leader(self, old: str | None, candidate: str | None, kind: str, timeout: float = 30.0) -> Accepted:
+        started = self.clock.monotonic()
+        while self.clock.monotonic() - started < timeout:
+            cluster = self._control_cluster()
+            request = cluster.switchover
+            if request is not None and request.failed:
+                with self._control_lock:
+                    self._cdcs().clear_switchover()
+                raise ControlError(409, request.failed)
+            leader = cluster.leader.name if cluster.leader else None
+            if leader is not None and leader != old and (candidate is None or leader == candidate):
+                member = cluster.member(leader)
+                if member is not None and member.role is Role.LEADER:
+                    took = round(self.clock.monotonic() - started, 3)
+                    return Accepted(
+                        f"{kind} done: {leader} leads term {cluster.term}",
+                        details={"leader": leader, "term": cluster.term, "seconds": took},
+                    )
+            threading.Event().wait(0.05)
+        raise ControlError(504, f"{kind} not completed within {timeout:g}s; the request stays pending in etcd")
+
+    def restart(self) -> Accepted:
+        self._command = "restart"
+        self.wake.set()
+        return Accepted(f"restart of {self.cfg.name}'s postgres scheduled for the next HA loop")
+
+    def reinitialize(self) -> Accepted:
+        view = self.view
+        cluster = view.cluster
+        if cluster is not None and cluster.leader is not None and cluster.leader.name == self.cfg.name:
+            raise ControlError(409, f"{self.cfg.name} is the leader: switch over first, then reinitialize it")
+        if cluster is None or cluster.leader is None:
+            raise ControlError(409, "no leader to clone from: reinitialize needs a healthy leader")
+        self._command = "reinitialize"
+        self.wake.set()
+        return Accepted(f"{self.cfg.name} will be wiped and cloned again from {cluster.leader.name}")
+
+    def history(self) -> list[HistoryEntry]:
+        try:
+            with self._control_lock:
+                return self._cdcs().get_history()
+        except DCSError as exc:
+            raise ControlError(503, f"etcd unreachable from {self.cfg.name}: {exc}") from None
+
+    def dynamic_config(self) -> dict[str, object]:
+        cluster = self._control_cluster()
+        return effective_dynamic(self.cfg, cluster.config)
+
+    def patch_config(self, changes: dict[str, object]) -> dict[str, object]:
+        try:
+            valid = validate_dynamic(dict(changes))
+        except ConfigError as exc:
+            field = str(exc).split(":", 1)[0]
+            raise ControlError(400, str(exc), field) from None
+        cluster = self._control_cluster()
+        merged = {k: v for k, v in {**(cluster.config or {}), **valid}.items() if v is not None}
+        try:
+            with self._control_lock:
+                stored = self._cdcs().set_config(merged, cluster.revision)
+        except DCSError as exc:
+            raise ControlError(503, f"could not store the configuration: {exc}") from None
+        if not stored:
+            raise ControlError(409, "the configuration changed meanwhile; read it again and retry")
+        return effective_dynamic(self.cfg, merged)
 
     def _guard_fence(self, reason: str) -> None:
         elapsed = self.pg.fence()
@@ -373,6 +616,13 @@ class HaLoop:
         elif d.reason != self._last_reason:
             log.info(d.reason, extra={"event": "decision", "role": d.role.value, "term": term})
         self._last_reason = d.reason
+
+
+def _consumes_command(d: Decision) -> bool:
+    """An operator command is used up once a decision acted on it or refused it."""
+    return any(isinstance(a, RestartPostgres | Reinitialize) for a in d.actions) or d.reason.startswith(
+        ("reinitialize refused", "unknown operator command")
+    )
 
 
 def role_of(pg: PostgresState, memory: Memory, cluster: ClusterState | None, me: str) -> Role:

@@ -188,6 +188,10 @@ class PostgresController:
                 raise PostgresError(f"the {kind} password is unknown: set {field}")
         process.write_file(self.passfile, render_pgpass(entries), self.user, 0o600)
 
+    def control_data(self, timeout: float = 5.0) -> ControlData:
+        """pg_controldata's view (works with postgres stopped): e.g. the shutdown checkpoint's LSN."""
+        return self._controldata(timeout)
+
     def _controldata(self, timeout: float) -> ControlData:
         res = process.run([self._bin("pg_controldata"), "-D", str(self.data_dir)], self.user, timeout)
         if res.returncode != 0:

@@ -232,3 +232,84 @@ def test_leaderless_since_is_remembered_for_election_timing() -> None:
     assert d2.memory.leaderless_since == 100.0
     d3 = decide(inputs(me="c", pg=REPLICA, memory=d2.memory))
     assert d3.memory.leaderless_since is None
+
+
+# -- operators' requests ------------------------------------------------------------------------
+def with_members(c: ClusterState, **roles: Role) -> ClusterState:
+    members = tuple(replace(m, role=roles.get(m.name, m.role), timeline=2, received_lsn=1000) for m in c.members)
+    return replace(c, members=members)
+
+
+def request(kind: str = "switchover", candidate: str | None = "b", leader: str | None = "a", **kw: object) -> object:
+    from pgquorum.agent.model import SwitchoverRequest
+
+    base: dict[str, object] = dict(requested_at=1000.0)
+    base.update(kw)
+    return SwitchoverRequest(kind, candidate, leader, **base)  # type: ignore[arg-type]
+
+
+def test_leader_hands_over_to_a_healthy_candidate() -> None:
+    from pgquorum.agent.ha.actions import HandOver
+
+    c = replace(with_members(cluster(), a=Role.LEADER), switchover=request())
+    d = decide(inputs(cluster=c, lease_renewed_at=99.9, wall=1001.0))
+    assert d.actions == (HandOver("b", 3, "switchover"),)
+
+
+def test_switchover_picks_the_most_advanced_replica_when_unnamed() -> None:
+    from pgquorum.agent.ha.actions import HandOver
+
+    c = with_members(cluster(), a=Role.LEADER)
+    c = replace(
+        c,
+        members=tuple(replace(m, received_lsn=2000) if m.name == "c" else m for m in c.members),
+        switchover=request(candidate=None),
+    )
+    d = decide(inputs(cluster=c, lease_renewed_at=99.9, wall=1001.0))
+    assert d.actions == (HandOver("c", 3, "switchover"),)
+
+
+def test_switchover_to_an_unhealthy_candidate_is_refused_and_recorded() -> None:
+    from pgquorum.agent.ha.actions import ClearRequest
+
+    c = replace(with_members(cluster(), a=Role.LEADER, b=Role.STANDBY), switchover=request())
+    d = decide(inputs(cluster=c, lease_renewed_at=99.9, wall=1001.0))
+    assert isinstance(d.actions[-1], ClearRequest) and d.actions[-1].failed
+    assert "not a healthy streaming replica" in d.actions[-1].reason
+    unknown = replace(c, switchover=request(candidate="zz"))
+    d2 = decide(inputs(cluster=unknown, lease_renewed_at=99.9, wall=1001.0))
+    assert isinstance(d2.actions[-1], ClearRequest) and "not a member" in d2.actions[-1].reason
+
+
+def test_scheduled_switchover_waits_for_its_time() -> None:
+    c = replace(with_members(cluster(), a=Role.LEADER), switchover=request(scheduled_at=2000.0))
+    d = decide(inputs(cluster=c, lease_renewed_at=99.9, wall=1500.0))
+    assert [type(a).__name__ for a in d.actions] == ["PublishStatus"] and "scheduled" in d.reason
+
+
+def test_request_for_another_leader_is_void() -> None:
+    from pgquorum.agent.ha.actions import ClearRequest
+
+    c = replace(with_members(cluster(), a=Role.LEADER), switchover=request(leader="c"))
+    d = decide(inputs(cluster=c, lease_renewed_at=99.9, wall=1001.0))
+    assert isinstance(d.actions[-1], ClearRequest) and not d.actions[-1].failed
+
+
+def test_manual_failover_steers_the_race() -> None:
+    req = request(kind="failover", candidate="c", leader=None)
+    c = replace(cluster(leader=None), switchover=req)
+    # b is ahead but the operator named c: b waits, c takes the key.
+    assert decide(race("b", 2000, (peer("c", 900),), cluster=c, wall=1001.0)).actions == ()
+    assert decide(race("c", 900, (peer("b", 2000),), cluster=c, wall=1001.0)).actions == (AcquireLeader(3),)
+    # An old request nobody carried out no longer steers anything.
+    assert decide(race("b", 2000, (peer("c", 900),), cluster=c, wall=1100.0)).actions == (AcquireLeader(3),)
+
+
+def test_operator_commands() -> None:
+    from pgquorum.agent.ha.actions import Reinitialize, RestartPostgres
+
+    assert decide(inputs(lease_renewed_at=99.9, command="restart")).actions == (RestartPostgres(True),)
+    assert decide(inputs(me="b", pg=REPLICA, command="restart")).actions == (RestartPostgres(False),)
+    assert decide(inputs(me="b", pg=REPLICA, command="reinitialize")).actions == (Reinitialize("a"),)
+    refused = decide(inputs(lease_renewed_at=99.9, command="reinitialize"))
+    assert refused.actions == () and refused.reason.startswith("reinitialize refused")
