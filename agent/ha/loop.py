@@ -44,6 +44,7 @@ from pgquorum.agent.ha.actions import (
 from pgquorum.agent.ha.control import Accepted, ControlError
 from pgquorum.agent.ha.decide import Decision, Inputs, Memory, decide, switchover_candidate
 from pgquorum.agent.ha.fence import FenceGuard
+from pgquorum.agent.metrics import AgentMetrics
 from pgquorum.agent.model import (
     ClusterState,
     HistoryEntry,
@@ -108,6 +109,7 @@ class HaLoop:
         self._acquired_at: float | None = None
         self._election_seconds: float | None = None  # first sight of no leader -> key taken
         self._peer_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="peer")
+        self.metrics = AgentMetrics(cfg.name, cfg.cluster, cfg.timing, clock.monotonic)  # GET /metrics
         # Operators' requests arrive on API threads; they get their own etcd client (not thread-safe).
         self._control_dcs = control_dcs
         self._control_lock = threading.Lock()
@@ -172,6 +174,7 @@ class HaLoop:
         self._peer_pool.shutdown(wait=False, cancel_futures=True)
 
     def run_once(self) -> bool:
+        loop_started = self.clock.monotonic()  # metrics
         renewed_at = self._renew_lease()
         cluster = self._read_cluster()
         pg = self.pg.state()
@@ -221,6 +224,8 @@ class HaLoop:
         self._publish(cluster, pg_after, decision)
         with self._lock:
             self._view = LoopView(cluster, pg_after, decision, cluster is not None, self.clock.monotonic())
+        loop_done = self.clock.monotonic()  # metrics
+        self.metrics.observe_loop(self._view, loop_done - loop_started, loop_done, memory=self.memory)
         return again
 
     # -- gathering -----------------------------------------------------------------------
@@ -305,6 +310,7 @@ class HaLoop:
                 self._after_promotion(cluster, t, started, done)
             case Fence(reason=reason):
                 elapsed = self.pg.fence()
+                self.metrics.count_fence(self.metrics.fence_kind(cluster))
                 log.error(
                     "fenced: postgres stopped accepting writes",
                     extra={"event": "fence", "reason": reason, "term": term, "seconds": round(elapsed, 3)},
@@ -377,6 +383,7 @@ class HaLoop:
         else:
             old = previous.new_leader if previous else None
             entry = HistoryEntry(term, state.timeline, self.cfg.name, old, "failover", self.clock.wall(), durations)
+        self.metrics.observe_promotion(entry.reason, durations)
         self.dcs.append_history(entry)
         if state.timeline is not None and state.wal_lsn is not None:
             self.dcs.write_status(LeaderStatus(term, state.timeline, state.wal_lsn))
@@ -411,8 +418,11 @@ class HaLoop:
         deadline = stopped + 5.0
         caught_up = False
         while self.clock.monotonic() < deadline:
-            peer = fetch_peer_status(member, 0.3)
-            if peer.lsn is not None and peer.lsn > shutdown_lsn:
+            try:
+                received = self.pg.member_received_lsn(upstream, timeout=1.0)
+            except PostgresError:
+                received = None
+            if received is not None and received > shutdown_lsn:
                 caught_up = True
                 break
             threading.Event().wait(0.01)
@@ -585,6 +595,7 @@ class HaLoop:
 
     def _guard_fence(self, reason: str) -> None:
         elapsed = self.pg.fence()
+        self.metrics.count_fence("guard")
         log.error("fenced by the guard", extra={"event": "fence", "reason": reason, "seconds": round(elapsed, 3)})
 
     # -- publishing ----------------------------------------------------------------------

@@ -31,7 +31,7 @@ import psycopg
 from psycopg import sql
 
 from pgquorum.agent.config import PostgresSettings
-from pgquorum.agent.model import PostgresState
+from pgquorum.agent.model import PostgresState, parse_lsn
 from pgquorum.agent.postgres import process
 from pgquorum.agent.postgres.conf import (
     CONF_NAME,
@@ -773,6 +773,34 @@ class PostgresController:
         cd = self._controldata(min(10.0, max(1.0, _left(deadline))))
         if not cd.clean_shutdown:
             raise PostgresError(f"after crash recovery the cluster state is still {cd.cluster_state!r}")
+
+    def member_received_lsn(self, member: Upstream, timeout: float = 1.0) -> int | None:
+        """Another member's fresh WAL position, straight from its postgres (used by switchover to see
+        that the candidate has our shutdown checkpoint; its REST API only knows its last loop)."""
+        self._write_pgpass(need=("superuser",))
+        target = conninfo(
+            {
+                "host": member.host,
+                "port": member.port,
+                "user": self.settings.superuser,
+                "dbname": "postgres",
+                "passfile": str(self.passfile),
+                "connect_timeout": 2,
+                "application_name": f"pgquorum-{self.member_name}",
+            }
+        )
+
+        async def fn(conn: Conn) -> int | None:
+            cur = await conn.execute(
+                "SELECT pg_catalog.pg_last_wal_receive_lsn()::text, pg_catalog.pg_last_wal_replay_lsn()::text"
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            values = [parse_lsn(v) for v in row if v]
+            return max((v for v in values if v is not None), default=None)
+
+        return self._db.run(fn, timeout, conninfo=target)
 
     def _checkpoint_source(self, source: str, timeout: float) -> None:
         """pg_rewind (PG 15) reads the source's timeline from its last checkpoint: right after a
