@@ -117,6 +117,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200 if ok else 503, body)
             elif path == "/cluster":
                 self._send(200, cluster_body(loop))
+            elif path == "/metrics":  # Prometheus exposition (pgquorum.agent.metrics)
+                data, content_type = loop.metrics.render()
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
             else:
                 self._send(
                     404, {"error": f"no route {path}", "routes": ["/health", "/primary", "/replica", "/cluster"]}
