@@ -178,6 +178,26 @@ def test_failover_after_sigkill_of_primary_node_loses_no_replicated_write(cluste
         )
 
 
+def test_crashed_postgres_on_the_leader_is_restarted_in_place(cluster: LocalCluster) -> None:
+    before = wait_for(lambda: healthy(cluster), 60, "healthy cluster")
+    leader = before["leader"]
+    killed_at = time.monotonic()
+    run_cli("local", "kill", "--member", leader, "--what", "postgres", "--data-dir", str(cluster.data_dir))
+
+    def writable() -> bool:
+        try:
+            with psycopg.connect(before["dsn"], autocommit=True, connect_timeout=1) as conn:
+                conn.execute("INSERT INTO it_rows (id) VALUES (%s)", (int(time.time() * 1e6),))
+                return True
+        except psycopg.Error:
+            return False
+
+    wait_for(writable, 30, "writes after the postgres crash", interval=0.05)
+    print(f"write unavailability after a postgres crash on the leader: {time.monotonic() - killed_at:.2f}s")
+    after = wait_for(lambda: healthy(cluster), 60, "healthy cluster after the restart")
+    assert after["leader"] == leader and after["term"] == before["term"], "a restartable crash caused a failover"
+
+
 def test_primary_stops_accepting_writes_before_ttl_when_etcd_is_lost(cluster: LocalCluster) -> None:
     s = wait_for(lambda: healthy(cluster), 60, "healthy cluster")
     state = cluster.load()
