@@ -34,6 +34,7 @@ import yaml
 from pgquorum.agent.config import Timing, default_bin_dir
 from pgquorum.local.etcd import EtcdServer, EtcdServerError
 from pgquorum.local.ports import free_port
+from pgquorum.local.prometheus import PrometheusError, PrometheusServer
 
 
 class LocalError(RuntimeError):
@@ -67,6 +68,8 @@ class LocalState:
     etcd_peer_port: int
     etcd_pid: int | None = None
     members: list[MemberSlot] = field(default_factory=list)
+    prometheus_port: int | None = None
+    prometheus_pid: int | None = None
 
     def member(self, name: str) -> MemberSlot:
         for m in self.members:
@@ -120,7 +123,9 @@ class LocalCluster:
         tmp.replace(self.state_file)
 
     # -- up --------------------------------------------------------------------------------
-    def up(self, members: int = 3, timeout: float = 180.0, timing: Timing | None = None) -> LocalState:
+    def up(
+        self, members: int = 3, timeout: float = 180.0, timing: Timing | None = None, prometheus: bool = False
+    ) -> LocalState:
         if members < 1 or members > 9:
             raise LocalError(f"--members: expected 1 to 9 data members, got {members}")
         run_as = self._run_as()
@@ -146,6 +151,8 @@ class LocalCluster:
             self._start_agent(state, slot)
         self.save(state)
         self.wait_healthy(state, timeout)
+        if prometheus:
+            self._start_prometheus(state)
         return state
 
     def _run_as(self) -> str:
@@ -240,6 +247,25 @@ class LocalCluster:
         state.etcd_pid = etcd.pid
         self.save(state)
 
+    def _start_prometheus(self, state: LocalState) -> None:
+        if _pid_alive(state.prometheus_pid, str(self.data_dir / "prometheus")):
+            return
+        state.prometheus_port = state.prometheus_port or free_port()
+        server = PrometheusServer(
+            self.data_dir / "prometheus",
+            state.prometheus_port,
+            [f"127.0.0.1:{m.api_port}" for m in state.members],
+            run_as=state.run_as if os.geteuid() == 0 else None,
+            log_file=self.data_dir / "prometheus.log",
+            etcd_targets=[f"127.0.0.1:{state.etcd_client_port}"],
+        )
+        try:
+            server.start()
+        except PrometheusError as exc:
+            raise LocalError(str(exc)) from None
+        state.prometheus_pid = server.pid
+        self.save(state)
+
     def _start_agent(self, state: LocalState, slot: MemberSlot) -> None:
         if _pid_alive(slot.agent_pid, str(self.data_dir)):
             return
@@ -315,6 +341,9 @@ class LocalCluster:
             "term": view.get("term"),
             "etcd": f"http://127.0.0.1:{state.etcd_client_port}",
             "etcd_pid": state.etcd_pid if _pid_alive(state.etcd_pid, "etcd") else None,
+            "prometheus": f"http://127.0.0.1:{state.prometheus_port}"
+            if _pid_alive(state.prometheus_pid, str(self.data_dir / "prometheus"))
+            else None,
             "members": members,
         }
 
@@ -371,6 +400,15 @@ class LocalCluster:
                 os.kill(state.etcd_pid or 0, signal.SIGKILL)
             stopped.append("etcd")
         state.etcd_pid = None
+        if _pid_alive(state.prometheus_pid, str(self.data_dir / "prometheus")):
+            os.kill(state.prometheus_pid or 0, signal.SIGTERM)
+            end = time.monotonic() + 10
+            while time.monotonic() < end and _pid_alive(state.prometheus_pid, str(self.data_dir / "prometheus")):
+                time.sleep(0.1)
+            if _pid_alive(state.prometheus_pid, str(self.data_dir / "prometheus")):
+                os.kill(state.prometheus_pid or 0, signal.SIGKILL)
+            stopped.append("prometheus")
+        state.prometheus_pid = None
         self.save(state)
         if destroy:
             import shutil

@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--members", type=int, default=3, help="data members (default 3)")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for a healthy cluster")
     up.add_argument("--json", action="store_true", help="print the status as JSON")
+    up.add_argument("--prometheus", action="store_true", help="also run Prometheus scraping the agents and etcd")
     st = with_dir(lsub.add_parser("status", help="leader, term and every member"))
     st.add_argument("--json", action="store_true", help="machine-readable output (stable keys)")
     start = with_dir(lsub.add_parser("start", help="start a stopped or killed member again"))
@@ -110,13 +111,15 @@ def _local(args: argparse.Namespace) -> int:
     cluster = LocalCluster(args.data_dir)
     cmd = args.local_command
     if cmd == "up":
-        cluster.up(members=args.members, timeout=args.timeout)
+        cluster.up(members=args.members, timeout=args.timeout, prometheus=args.prometheus)
         status = cluster.status()
         if args.json:
             print(json.dumps(status, indent=2))
         else:
             print(f"local cluster is healthy ({cluster.data_dir})")
             _print_status(status, False)
+            if status.get("prometheus"):
+                print(f"prometheus: {status['prometheus']}  (graphs: {status['prometheus']}/graph)")
         return 0
     if cmd == "status":
         _print_status(cluster.status(), args.json)
