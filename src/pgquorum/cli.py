@@ -1,4 +1,5 @@
-"""The ``pgquorum`` command: ``agent`` runs one agent, ``local`` drives the embedded local cluster.
+"""The ``pgquorum`` command: ``agent`` runs one agent, ``local`` drives the embedded local cluster,
+``ctl`` operates a running cluster through its REST API (the same as ``pgquorumctl``).
 
 Failures print one line naming what is wrong and how to fix it, and exit non-zero; never a traceback.
 """
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pgquorum.agent.config import ConfigError
+from pgquorum.ctl.main import configure_parser as configure_ctl_parser
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,11 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--destroy", action="store_true", help="also delete the cluster directory")
     demo = with_dir(lsub.add_parser("demo", help="bring the cluster up, kill the leader, watch the failover"))
     demo.add_argument("--members", type=int, default=3)
+
+    ctl = sub.add_parser("ctl", help="operate a running cluster through its REST API (same as pgquorumctl)")
+    configure_ctl_parser(ctl)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "ctl":
+        from pgquorum.ctl.main import run as run_ctl
+
+        return run_ctl(args)
     try:
         if args.command == "agent":
             from pgquorum.agent.main import run_agent

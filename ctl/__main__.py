@@ -1,0 +1,5 @@
+import sys
+
+from pgquorum.ctl.main import main
+
+sys.exit(main())
