@@ -27,8 +27,8 @@ if [ "$(id -u)" = 0 ]; then
   fi
 else
   CACHE=${PGQUORUM_CACHE:-$HOME/.cache/pgquorum}
-  for bin in /usr/lib/postgresql/15/bin/postgres /usr/bin/etcd; do
-    [ -x "$bin" ] || { log "missing $bin: sudo apt-get install postgresql-15 etcd-server python3-venv"; exit 1; }
+  for bin in /usr/lib/postgresql/15/bin/postgres /usr/bin/etcd /usr/bin/prometheus; do
+    [ -x "$bin" ] || { log "missing $bin: sudo apt-get install postgresql-15 etcd-server prometheus python3-venv"; exit 1; }
   done
 fi
 
