@@ -87,6 +87,39 @@ class PostgresSettings:
 
 
 @dataclass(frozen=True)
+class ApiSettings:
+    """Authentication of the REST API's mutating routes (POST/PATCH); secrets live in files.
+
+    With neither a token nor a username configured, mutating routes are refused (secure by default).
+    """
+
+    auth_token_file: Path | None = None  # a file holding the bearer token (Authorization: Bearer ...)
+    username: str | None = None  # HTTP Basic user name (needs password_file)
+    password_file: Path | None = None  # a file holding the HTTP Basic password
+
+
+def _api_settings(raw: Any) -> ApiSettings:
+    if raw is None:
+        return ApiSettings()
+    if not isinstance(raw, dict):
+        raise ConfigError("api: expected a mapping (auth_token_file, username, password_file)")
+    for key in ("auth_token_file", "username", "password_file"):
+        value = raw.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigError(f"api.{key}: expected a non-empty string, got {value!r}")
+    args = _typed(ApiSettings, raw, "api.", {"auth_token_file": Path, "password_file": Path})
+    api = ApiSettings(**args)
+    if api.username is not None:
+        if ":" in api.username or any(ord(c) < 32 or ord(c) == 127 for c in api.username):
+            raise ConfigError(f"api.username: {api.username!r} may not contain ':' or control characters")
+        if api.password_file is None:
+            raise ConfigError("api.password_file: required when api.username is set (a file holding the password)")
+    elif api.password_file is not None:
+        raise ConfigError("api.username: required when api.password_file is set")
+    return api
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     name: str
     cluster: str
@@ -98,6 +131,7 @@ class AgentConfig:
     etcd_prefix: str = "pgquorum"
     nofailover: bool = False
     log_level: str = "INFO"
+    api: ApiSettings = field(default_factory=ApiSettings)
 
 
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
@@ -177,6 +211,7 @@ def config_from_dict(data: dict[str, Any]) -> AgentConfig:
         raise ConfigError("timing: expected a mapping (ttl, loop_wait, retry_timeout, safety_margin)")
     timing = Timing(**_typed(Timing, timing_raw, "timing.", {k: _number for k in timing_raw}))
     validate_timing(timing)
+    api = _api_settings(data.pop("api", None))
 
     endpoints = _need(data, "etcd_endpoints", "")
     if isinstance(endpoints, str):
@@ -212,6 +247,7 @@ def config_from_dict(data: dict[str, Any]) -> AgentConfig:
         api_url=str(rest.pop("api_url", f"http://{api_listen}")),
         postgres=postgres,
         timing=timing,
+        api=api,
         **{k: v for k, v in rest.items() if k not in {"api_listen", "api_url", "timing"}},
     )
     if not isinstance(cfg.nofailover, bool):

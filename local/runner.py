@@ -3,7 +3,7 @@
 Layout of ``DATA_DIR``::
 
     cluster.json            ports, pids, run-as user: what ``status``/``start``/``down`` act on
-    secrets/                generated passwords (0600) and a pgpass file for clients
+    secrets/                generated passwords and the REST API token ``api-token`` (0600), a pgpass file
     etcd/ etcd.log          the etcd member
     <name>/agent.yaml       the agent's configuration
     <name>/agent.log        the agent's structured log
@@ -200,10 +200,10 @@ class LocalCluster:
         secrets_dir.mkdir(exist_ok=True)
         secrets_dir.chmod(0o755)
         self._chown(secrets_dir, state.run_as)
-        for kind in ("superuser", "replication"):
+        for kind in ("superuser", "replication", "api-token"):
             path = secrets_dir / kind
             if not path.exists():
-                self._write_private(path, secrets.token_urlsafe(24) + "\n", state.run_as)
+                self._write_private(path, secrets.token_urlsafe(32 if kind == "api-token" else 24) + "\n", state.run_as)
         password = (secrets_dir / "superuser").read_text().strip()
         me = pwd.getpwuid(os.geteuid()).pw_name
         self._write_private(secrets_dir / "pgpass", f"127.0.0.1:*:*:postgres:{password}\n", me)
@@ -216,6 +216,7 @@ class LocalCluster:
                 "cluster": state.cluster,
                 "etcd_endpoints": [f"http://127.0.0.1:{state.etcd_client_port}"],
                 "api_listen": f"127.0.0.1:{slot.api_port}",
+                "api": {"auth_token_file": str(secrets_dir / "api-token")},  # for POST/PATCH on the REST API
                 "timing": asdict(timing),
                 "postgres": {
                     "data_dir": str(home / "pgdata"),
