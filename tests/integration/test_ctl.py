@@ -24,8 +24,6 @@ from pgquorum.local.runner import LocalCluster
 
 pytestmark = pytest.mark.integration
 
-API_PENDING = "the REST API route is being added in parallel (contract in the ctl brief)"
-
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.3) -> Any:
     deadline = time.monotonic() + timeout
@@ -185,7 +183,6 @@ def test_changes_need_force_without_a_terminal(cluster: LocalCluster) -> None:
     assert (after["leader"], after["term"]) == (before["leader"], before["term"])
 
 
-@pytest.mark.xfail(strict=False, reason=f"GET /history: {API_PENDING}")
 def test_history_shows_the_bootstrap(cluster: LocalCluster) -> None:
     data = json.loads(ok(ctl("history", "--json", *local(cluster))))
     first = data["history"][0]
@@ -196,33 +193,48 @@ def test_history_shows_the_bootstrap(cluster: LocalCluster) -> None:
     assert "bootstrap" in out.splitlines()[1]
 
 
-@pytest.mark.xfail(strict=False, reason=f"GET/PATCH /config: {API_PENDING}")
-def test_config_show_and_set(cluster: LocalCluster) -> None:
-    config = json.loads(ok(ctl("config", "show", "--json", *local(cluster))))["config"]
-    assert isinstance(config, dict)
-    ok(ctl("config", "show", *local(cluster)))
-    key = "ctl_test_marker"  # an unknown key may be refused: then the API says which field
-    proc = ctl("config", "set", f"{key}=1", *local(cluster))
-    if proc.returncode != 0:
-        line = one_error_line(proc)
-        assert "HTTP 400" in line and key in line
-        return
-    assert json.loads(ok(ctl("config", "show", "--json", *local(cluster))))["config"][key] == 1
-    ok(ctl("config", "set", f"{key}=null", *local(cluster)))
-    assert key not in json.loads(ok(ctl("config", "show", "--json", *local(cluster))))["config"]
+def test_config_show_set_and_edit(cluster: LocalCluster, tmp_path: Path) -> None:
+    original = json.loads(ok(ctl("config", "show", "--json", *local(cluster))))["config"]
+    assert set(original) >= {"maximum_lag_on_failover", "primary_start_timeout"}
+    human = ok(ctl("config", "show", *local(cluster)))
+    assert f"maximum_lag_on_failover: {original['maximum_lag_on_failover']}" in human.splitlines()
+
+    line = one_error_line(ctl("config", "set", "no_such_setting=1", *local(cluster)))
+    assert "bad request: no_such_setting: not a dynamic setting" in line and "(field: no_such_setting)" in line
+
+    doubled = original["maximum_lag_on_failover"] * 2
+    out = ok(ctl("config", "set", f"maximum_lag_on_failover={doubled}", *local(cluster)))
+    assert out.splitlines() == [f"~ maximum_lag_on_failover: {original['maximum_lag_on_failover']} -> {doubled}"]
+    assert (
+        json.loads(ok(ctl("config", "show", "--json", *local(cluster))))["config"]["maximum_lag_on_failover"] == doubled
+    )
+
+    # config edit: an $EDITOR that changes one value; only that change is sent
+    script = tmp_path / "editor.py"
+    script.write_text(
+        "import pathlib, re, sys\n"
+        "p = pathlib.Path(sys.argv[1])\n"
+        "p.write_text(re.sub(r'primary_start_timeout: .*', 'primary_start_timeout: 25.0', p.read_text()))\n"
+    )
+    out = ok(ctl("config", "edit", *local(cluster), env={"EDITOR": f"{sys.executable} {script}"}))
+    assert out.splitlines() == [f"~ primary_start_timeout: {original['primary_start_timeout']} -> 25.0"]
+    after = json.loads(ok(ctl("config", "show", "--json", *local(cluster))))["config"]
+    assert (after["primary_start_timeout"], after["maximum_lag_on_failover"]) == (25.0, doubled)
+
+    # null removes the overrides: back to the agents' own settings
+    ok(ctl("config", "set", "maximum_lag_on_failover=null", "primary_start_timeout=null", *local(cluster)))
+    assert json.loads(ok(ctl("config", "show", "--json", *local(cluster))))["config"] == original
 
 
 # -- changes ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=False, reason=f"mutating routes and their authentication: {API_PENDING}")
 def test_changes_without_credentials_are_refused(cluster: LocalCluster) -> None:
     state = cluster.load()
     line = one_error_line(ctl("--api", state.members[0].api_url, "switchover", "--force"))
     assert "HTTP 401" in line and "--token-file" in line
 
 
-@pytest.mark.xfail(strict=False, reason=f"POST /switchover: {API_PENDING}")
 def test_switchover_to_a_candidate(cluster: LocalCluster) -> None:
     before = wait_for(lambda: healthy(cluster), 90, "a healthy cluster")
     candidate = replicas(before)[0]
@@ -236,7 +248,6 @@ def test_switchover_to_a_candidate(cluster: LocalCluster) -> None:
     assert history[-1]["new_leader"] == candidate and history[-1]["old_leader"] == before["leader"]
 
 
-@pytest.mark.xfail(strict=False, reason=f"POST /switchover (scheduled): {API_PENDING}")
 def test_scheduled_switchover_is_accepted(cluster: LocalCluster) -> None:
     before = wait_for(lambda: healthy(cluster), 90, "a healthy cluster")
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 4))
@@ -248,7 +259,6 @@ def test_scheduled_switchover_is_accepted(cluster: LocalCluster) -> None:
     assert after["term"] > before["term"]
 
 
-@pytest.mark.xfail(strict=False, reason=f"POST /failover: {API_PENDING}")
 def test_failover_to_a_candidate(cluster: LocalCluster) -> None:
     before = wait_for(lambda: healthy(cluster), 90, "a healthy cluster")
     candidate = replicas(before)[-1]
@@ -259,13 +269,11 @@ def test_failover_to_a_candidate(cluster: LocalCluster) -> None:
     wait_for(lambda: (v := healthy(cluster)) and v["leader"] == candidate, 60, f"{candidate} leading")
 
 
-@pytest.mark.xfail(strict=False, reason=f"POST /failover refusals: {API_PENDING}")
 def test_failover_to_a_stranger_is_refused(cluster: LocalCluster) -> None:
     line = one_error_line(ctl("failover", "--candidate", "nosuch", "--force", *local(cluster)))
     assert "nosuch" in line and "candidate" in line and ("HTTP 400" in line or "HTTP 409" in line)
 
 
-@pytest.mark.xfail(strict=False, reason=f"POST /restart: {API_PENDING}")
 def test_restart_a_replica(cluster: LocalCluster) -> None:
     before = wait_for(lambda: healthy(cluster), 90, "a healthy cluster")
     member = replicas(before)[0]
@@ -281,7 +289,6 @@ def test_restart_a_replica(cluster: LocalCluster) -> None:
     wait_for(lambda: healthy(cluster), 90, "healthy after the restart")
 
 
-@pytest.mark.xfail(strict=False, reason=f"POST /reinitialize: {API_PENDING}")
 def test_reinit_a_replica_and_refuse_the_leader(cluster: LocalCluster) -> None:
     before = wait_for(lambda: healthy(cluster), 90, "a healthy cluster")
     line = one_error_line(ctl("reinit", before["leader"], "--force", *local(cluster)))
