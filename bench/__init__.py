@@ -1,0 +1,1 @@
+"""Failover benchmark harness: Patroni (and later pgquorum) on loopback, measured alike."""

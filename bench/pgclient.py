@@ -1,0 +1,238 @@
+"""PostgreSQL clients of the harness: the writer and the role poller.
+
+Connections use psycopg 3 (multi-host DSN, ``connect_timeout`` and
+``target_session_attrs`` handled by libpq/psycopg).  Queries go through the
+low-level libpq interface with our own deadline, because a SIGSTOPped server
+keeps the TCP connection open forever and neither libpq nor
+``statement_timeout`` can bound that wait; on timeout the connection is
+dropped and the attempt counts as failed (the row may still appear later).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import select
+import threading
+import time
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import pq
+
+from bench.metrics import WriteRecord
+
+log = logging.getLogger("bench.client")
+
+TABLE = "bench_writes"
+CREATE_TABLE = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    run_id  text    NOT NULL,
+    writer  text    NOT NULL,
+    seq     integer NOT NULL,
+    t_send  double precision NOT NULL,
+    PRIMARY KEY (run_id, writer, seq)
+)"""
+INSERT = (
+    f"INSERT INTO {TABLE} (run_id, writer, seq, t_send) VALUES ($1, $2, $3, $4) "
+    "RETURNING inet_server_port(), pg_is_in_recovery()"
+).encode()
+
+
+class QueryTimeout(Exception):
+    pass
+
+
+def query(
+    conn: psycopg.Connection[tuple[object, ...]], sql: bytes, params: list[bytes | None], timeout: float
+) -> list[list[bytes | None]]:
+    """Run one statement with a hard client-side deadline; return the rows (text format)."""
+    pg = conn.pgconn
+    deadline = time.monotonic() + timeout
+    pg.send_query_params(sql, params)
+    while pg.flush() != 0:
+        _wait(pg.socket, deadline, write=True)
+    while True:
+        pg.consume_input()
+        if not pg.is_busy():
+            break
+        _wait(pg.socket, deadline, write=False)
+    rows: list[list[bytes | None]] = []
+    error: str | None = None
+    while (res := pg.get_result()) is not None:
+        if res.status == pq.ExecStatus.TUPLES_OK:
+            rows = [[res.get_value(i, j) for j in range(res.nfields)] for i in range(res.ntuples)]
+        elif res.status != pq.ExecStatus.COMMAND_OK:
+            msg = res.error_message.decode(errors="replace").strip()
+            error = error or msg or str(res.status)
+        while pg.is_busy():
+            pg.consume_input()
+            if pg.is_busy():
+                _wait(pg.socket, deadline, write=False)
+    if error:
+        raise psycopg.Error(error)
+    return rows
+
+
+def _wait(fd: int, deadline: float, *, write: bool) -> None:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise QueryTimeout("query timed out")
+    r, w, _ = select.select([] if write else [fd], [fd] if write else [], [], min(left, 0.5))
+    if not r and not w and time.monotonic() >= deadline:
+        raise QueryTimeout("query timed out")
+
+
+def connect(dsn: str) -> psycopg.Connection[tuple[object, ...]]:
+    return psycopg.connect(dsn, autocommit=True)
+
+
+def close_quietly(conn: psycopg.Connection[tuple[object, ...]] | None) -> None:
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            conn.pgconn.finish()
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
+_SERVER_AT = re.compile(r'connection to server at "[^"]*", port \d+ failed: ')
+
+
+def _short(exc: BaseException) -> str:
+    text = " | ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
+    return f"{type(exc).__name__}: {_SERVER_AT.sub('', text)}"[:200]
+
+
+class Writer(threading.Thread):
+    """Inserts one row every ``interval`` seconds through ``dsn``, recording each attempt."""
+
+    def __init__(
+        self,
+        name: str,
+        dsn: str,
+        run_id: str,
+        *,
+        interval: float = 0.01,
+        query_timeout: float = 2.0,
+        reconnect_pause: float = 0.025,
+    ) -> None:
+        super().__init__(name=f"writer-{name}", daemon=True)
+        self.writer_name = name
+        self.dsn = dsn
+        self.run_id = run_id
+        self.interval = interval
+        self.query_timeout = query_timeout
+        self.reconnect_pause = reconnect_pause
+        self.records: list[WriteRecord] = []
+        self.connects = 0
+        self._stop_evt = threading.Event()
+        self._lock = threading.Lock()
+        self.stopped_at: float | None = None
+
+    def stop(self) -> None:
+        self._stop_evt.set()
+
+    def snapshot(self) -> list[WriteRecord]:
+        with self._lock:
+            return list(self.records)
+
+    def _add(self, rec: WriteRecord) -> None:
+        with self._lock:
+            self.records.append(rec)
+
+    def run(self) -> None:
+        conn: psycopg.Connection[tuple[object, ...]] | None = None
+        seq = 0
+        next_t = time.monotonic()
+        try:
+            while not self._stop_evt.is_set():
+                delay = next_t - time.monotonic()
+                if delay > 0 and self._stop_evt.wait(delay):
+                    break
+                next_t = max(next_t + self.interval, time.monotonic())
+                seq += 1
+                t_send = time.time()
+                try:
+                    if conn is None:
+                        conn = connect(self.dsn)
+                        self.connects += 1
+                    rows = query(
+                        conn,
+                        INSERT,
+                        [self.run_id.encode(), self.writer_name.encode(), str(seq).encode(), repr(t_send).encode()],
+                        self.query_timeout,
+                    )
+                    t_ack = time.time()
+                    port = int(rows[0][0] or b"0")
+                    in_rec = rows[0][1] == b"t"
+                    self._add(WriteRecord(self.writer_name, seq, t_send, t_ack, port, in_rec))
+                except Exception as exc:
+                    self._add(WriteRecord(self.writer_name, seq, t_send, None, None, None, _short(exc)))
+                    close_quietly(conn)
+                    conn = None
+                    next_t = max(next_t, time.monotonic() + self.reconnect_pause)
+        finally:
+            close_quietly(conn)
+            self.stopped_at = time.time()
+
+
+@dataclass(frozen=True, slots=True)
+class RoleSample:
+    t: float
+    member: str
+    in_recovery: bool | None  # None: unreachable / error
+
+
+class RolePoller(threading.Thread):
+    """Polls ``pg_is_in_recovery()`` on one member directly, recording role changes."""
+
+    def __init__(self, member: str, dsn: str, *, interval: float = 0.05, timeout: float = 1.0) -> None:
+        super().__init__(name=f"poll-{member}", daemon=True)
+        self.member = member
+        self.dsn = dsn
+        self.interval = interval
+        self.timeout = timeout
+        self.changes: list[RoleSample] = []
+        self._stop_evt = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_evt.set()
+
+    def first_primary_since(self, t: float) -> float | None:
+        """First time at or after ``t`` this member was seen out of recovery."""
+        for s in list(self.changes):
+            if s.t >= t and s.in_recovery is False:
+                return s.t
+        return None
+
+    def run(self) -> None:
+        conn: psycopg.Connection[tuple[object, ...]] | None = None
+        last: bool | str | None = "unset"
+        while not self._stop_evt.wait(self.interval):
+            val: bool | None
+            try:
+                if conn is None:
+                    conn = connect(self.dsn)
+                rows = query(conn, b"SELECT pg_is_in_recovery()", [], self.timeout)
+                val = rows[0][0] == b"t"
+            except Exception:
+                close_quietly(conn)
+                conn = None
+                val = None
+            if val != last:
+                self.changes.append(RoleSample(time.time(), self.member, val))
+                last = val
+        close_quietly(conn)
+
+
+def read_present(dsn: str, run_id: str, timeout: float = 30.0) -> set[tuple[str, int]]:
+    """All (writer, seq) rows of ``run_id`` on the server ``dsn`` reaches."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = query(conn, f"SELECT writer, seq FROM {TABLE} WHERE run_id = $1".encode(), [run_id.encode()], timeout)
+    return {((w or b"").decode(), int(s or b"0")) for w, s in rows}
+
+
+def execute(dsn: str, sql: str, timeout: float = 30.0) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        query(conn, sql.encode(), [], timeout)

@@ -1,0 +1,192 @@
+"""``PgquorumSystem``: the local cluster of ``pgquorum local`` driven through its CLI.
+
+Status (2026-11-26, pgquorum at aa80d4e + work in progress): up/status/start/down,
+node-kill, postgres-crash and etcd-cut run; switchover fails because the REST
+API has no POST /switchover yet.  What the driver does:
+
+1. ``pgquorum local up --json`` once, so pgquorum bootstraps its own tree;
+2. ``pgquorum local down`` (data kept), then rewrites every member's
+   ``agent.yaml``: ``etcd_endpoints`` -> the member's proxy (for the etcd-cut
+   scenario) and ``timing`` -> the profile; ``local start`` never rewrites
+   ``agent.yaml`` (only ``up`` does), so the agents come back through the
+   proxies with the bench timings;
+3. ``pgquorum local start --member X`` for each member, then waits for health.
+
+A ``pgquorum local up`` option to set the timing and a per-member etcd
+endpoint would remove step 2 (and the full restart it costs).
+
+The ``pgquorum`` executable is ``$BENCH_PGQUORUM`` or the newest
+``/opt/pgquorum-cache/venv*/bin/pgquorum`` (``scripts/setup.sh`` builds it,
+readable by the postgres user) or the one on ``PATH``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.procs import REAPER, http_json, pid_alive, wait_for
+from bench.system import Member, System, Timing
+
+log = logging.getLogger("bench.pgquorum")
+
+# pgquorum's own defaults (ttl 3, loop_wait 1, retry_timeout 1, safety_margin 0.5): the targets in
+# DESIGN section 6 are meant for these.  "default" mirrors Patroni's default profile for a like-for-like run.
+PROFILES: dict[str, Timing] = {
+    "aggressive": Timing(ttl=3, loop_wait=1, retry_timeout=1),
+    "default": Timing(ttl=30, loop_wait=10, retry_timeout=10),
+}
+SAFETY_MARGIN = {"aggressive": 0.5, "default": 2.0}
+
+
+def find_pgquorum() -> str:
+    env = os.environ.get("BENCH_PGQUORUM")
+    if env:
+        return env
+    cands = sorted(glob.glob("/opt/pgquorum-cache/venv*/bin/pgquorum"), key=os.path.getmtime, reverse=True)
+    if cands:
+        return cands[0]
+    found = shutil.which("pgquorum")
+    if found:
+        return found
+    raise RuntimeError("no pgquorum executable: run scripts/setup.sh (or set BENCH_PGQUORUM)")
+
+
+class PgquorumSystem(System):
+    name = "pgquorum"
+
+    def __init__(self, profile: str = "aggressive", workdir: Path | None = None, keep: bool = False) -> None:
+        if profile not in PROFILES:
+            raise ValueError(f"unknown profile {profile!r}; choose from {sorted(PROFILES)}")
+        super().__init__(profile, PROFILES[profile], workdir, keep)
+        self.exe = find_pgquorum()
+        self.cluster_dir = self.workdir / "local"
+        self.version = self._run(["--version"], check=False).strip() or "unknown"
+        self._names: list[str] = []
+        self._ports: dict[str, int] = {}
+        self._api: dict[str, str] = {}
+        self._etcd_port = 0
+
+    # ------------------------------------------------------------------ CLI
+
+    def _run(self, args: list[str], *, check: bool = True, timeout: float = 300) -> str:
+        argv = [self.exe, *args]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+        return proc.stdout
+
+    def _local(self, *args: str, timeout: float = 300) -> str:
+        return self._run(["local", args[0], "--data-dir", str(self.cluster_dir), *args[1:]], timeout=timeout)
+
+    def status(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self._local("status", "--json", timeout=30))
+        return data
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def up(self) -> None:
+        st: dict[str, Any] = json.loads(self._local("up", "--json", "--members", "3", "--timeout", "240"))
+        self._learn(st)
+        self._local("down")
+        for name in self._names:
+            self.proxies.add(name, "127.0.0.1", self._etcd_port)
+            self._rewrite_config(name)
+        for name in self._names:
+            self.start_member(name)
+        passfile = self.cluster_dir / "secrets" / "pgpass"
+        if passfile.exists():
+            self.dsn_extra = f"passfile={passfile}"
+        self.wait_healthy(240)
+
+    def _learn(self, st: dict[str, Any]) -> None:
+        self._names = [m["name"] for m in st["members"]]
+        self._ports = {m["name"]: int(m["pg_port"]) for m in st["members"]}
+        self._api = {m["name"]: str(m["api_url"]) for m in st["members"]}
+        self._etcd_port = int(str(st["etcd"]).rsplit(":", 1)[1])
+
+    def _rewrite_config(self, name: str) -> None:
+        path = self.cluster_dir / name / "agent.yaml"
+        cfg = yaml.safe_load(path.read_text())
+        cfg["etcd_endpoints"] = [f"http://127.0.0.1:{self.proxies.port(name)}"]
+        t = self.timing
+        cfg["timing"] = {
+            "ttl": t.ttl,
+            "loop_wait": t.loop_wait,
+            "retry_timeout": t.retry_timeout,
+            "safety_margin": SAFETY_MARGIN[self.profile],
+        }
+        st = path.stat()
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        os.chown(path, st.st_uid, st.st_gid)
+
+    def _down(self) -> None:
+        if (self.cluster_dir / "cluster.json").exists():
+            try:
+                self._local("down", *([] if self.keep else ["--destroy"]), timeout=120)
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                log.warning("pgquorum local down: %s", exc)
+
+    # ------------------------------------------------------------------ inspection
+
+    def members(self) -> list[Member]:
+        st = self.status()
+        out = []
+        for m in st["members"]:
+            role = str(m.get("role") or "unknown")
+            agent = m.get("agent_pid")
+            pg = m.get("postgres_pid")
+            norm = "stopped" if not agent else role if role in ("leader", "replica") else "unknown"
+            out.append(
+                Member(
+                    name=m["name"],
+                    role=norm,
+                    state=str(m.get("state")),
+                    streaming=norm == "replica" and bool(pg),
+                    agent_pid=int(agent) if agent else None,
+                    postgres_pid=int(pg) if pg else None,
+                    pg_port=int(m["pg_port"]),
+                    api_url=m.get("api_url"),
+                )
+            )
+        return out
+
+    # ------------------------------------------------------------------ control
+
+    def switchover(self, candidate: str | None = None) -> None:
+        leader = self.armed_leader()
+        if leader is None:
+            raise RuntimeError("switchover: no leader")
+        body: dict[str, object] = {"leader": leader}
+        if candidate:
+            body["candidate"] = candidate
+        status, resp = http_json(f"{self._api[leader]}/switchover", method="POST", body=body, timeout=90)
+        if status in (404, 405, 501):
+            raise NotImplementedError(f"pgquorum REST API has no POST /switchover yet (HTTP {status})")
+        if status != 200:
+            raise RuntimeError(f"switchover failed: HTTP {status}: {resp}")
+
+    def start_member(self, name: str) -> None:
+        self._local("start", "--member", name, timeout=60)
+        # `local start` detaches the agent; as subreaper we may inherit its orphans
+        REAPER.reap_once()
+
+    def stop_member(self, name: str) -> None:
+        m = self.member(name)
+        if m.agent_pid:
+            os.kill(m.agent_pid, signal.SIGTERM)
+            try:
+                wait_for(f"{name} agent exit", lambda: not pid_alive(m.agent_pid), 30, interval=0.2)
+            except TimeoutError:
+                os.kill(m.agent_pid, signal.SIGKILL)
+        time.sleep(0.2)
