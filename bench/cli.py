@@ -169,5 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    rc: int = args.fn(args)
+    try:
+        rc: int = args.fn(args)
+    except KeyboardInterrupt as exc:  # teardown already ran in the command's finally blocks
+        log.error("interrupted (%s); everything started was stopped", exc or "Ctrl-C")
+        return 130
     return rc

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bench.procs import (
     PG_BIN,
+    REAPER,
     free_ports,
     http_json,
     make_pg_dir,
@@ -245,6 +246,7 @@ class PatroniSystem(System):
         m = self._m[name]
         if m.agent_pid is not None:
             return
+        REAPER.reap_once()  # a zombie postmaster would keep postgres from starting
         m.proc = spawn_as_postgres(
             [str(PATRONI_VENV / "bin" / "patroni"), str(m.config)], cwd=m.dir, log_path=m.dir / "patroni.log"
         )

@@ -1,19 +1,23 @@
 """``PgquorumSystem``: the local cluster of ``pgquorum local`` driven through its CLI.
 
-Status (2026-11-26, pgquorum at aa80d4e + work in progress): up/status/start/down,
-node-kill, postgres-crash and etcd-cut run; switchover fails because the REST
-API has no POST /switchover yet.  What the driver does:
+What the driver does:
 
-1. ``pgquorum local up --json`` once, so pgquorum bootstraps its own tree;
-2. ``pgquorum local down`` (data kept), then rewrites every member's
-   ``agent.yaml``: ``etcd_endpoints`` -> the member's proxy (for the etcd-cut
-   scenario) and ``timing`` -> the profile; ``local start`` never rewrites
-   ``agent.yaml`` (only ``up`` does), so the agents come back through the
-   proxies with the bench timings;
-3. ``pgquorum local start --member X`` for each member, then waits for health.
+1. ``pgquorum local up --json``, so pgquorum bootstraps its own tree;
+2. for each member, replicas first and the leader last: stop its agent
+   (SIGTERM), rewrite its ``agent.yaml`` (``etcd_endpoints`` -> the member's
+   proxy, for the etcd-cut scenario; ``timing`` -> the profile), start it again
+   with ``pgquorum local start --member X`` (``start`` never rewrites
+   ``agent.yaml``; only ``up`` does) and wait for health.  Rolling, because a
+   full-cluster restart (``local down`` + ``start``) left pgquorum (2026-11-26)
+   unable to fail over: the old primary re-promotes itself to a new timeline on
+   restart while the replicas keep reporting the old timeline, so every
+   candidate is "not eligible: on timeline 1, the newest is 2".
+   ``BENCH_PGQ_REWIRE=0`` skips step 2 (pgquorum's default timing, agents
+   straight to etcd, no etcd-cut).
 
 A ``pgquorum local up`` option to set the timing and a per-member etcd
-endpoint would remove step 2 (and the full restart it costs).
+endpoint would make step 2 unnecessary.  Switchover needs ``POST /switchover``
+(Bearer token from ``secrets/api-token``); it answered 501 on 2026-11-26.
 
 The ``pgquorum`` executable is ``$BENCH_PGQUORUM`` or the newest
 ``/opt/pgquorum-cache/venv*/bin/pgquorum`` (``scripts/setup.sh`` builds it,
@@ -47,6 +51,7 @@ PROFILES: dict[str, Timing] = {
     "default": Timing(ttl=30, loop_wait=10, retry_timeout=10),
 }
 SAFETY_MARGIN = {"aggressive": 0.5, "default": 2.0}
+_TIMING_KEYS = ("ttl", "loop_wait", "retry_timeout")
 
 
 def find_pgquorum() -> str:
@@ -76,6 +81,9 @@ class PgquorumSystem(System):
         self._ports: dict[str, int] = {}
         self._api: dict[str, str] = {}
         self._etcd_port = 0
+        # BENCH_PGQ_REWIRE=0: keep the cluster exactly as `local up` made it (pgquorum's default
+        # timing, agents straight to etcd: no etcd-cut scenario, no full restart).
+        self.rewire = os.environ.get("BENCH_PGQ_REWIRE", "1") != "0"
 
     # ------------------------------------------------------------------ CLI
 
@@ -98,12 +106,18 @@ class PgquorumSystem(System):
     def up(self) -> None:
         st: dict[str, Any] = json.loads(self._local("up", "--json", "--members", "3", "--timeout", "240"))
         self._learn(st)
-        self._local("down")
-        for name in self._names:
-            self.proxies.add(name, "127.0.0.1", self._etcd_port)
-            self._rewrite_config(name)
-        for name in self._names:
-            self.start_member(name)
+        if self.rewire:
+            # One member at a time, replicas first, the leader last (its graceful stop is a
+            # failover): a full-cluster restart is avoided on purpose, see the module docstring.
+            leader = st.get("leader")
+            for name in sorted(self._names, key=lambda n: n == leader):
+                self.proxies.add(name, "127.0.0.1", self._etcd_port)
+                self.stop_member(name)
+                self._rewrite_config(name)
+                self.start_member(name)
+                self.wait_healthy(240)
+        else:
+            self.timing = Timing(**{k: float(v) for k, v in self._yaml_timing().items() if k in _TIMING_KEYS})
         passfile = self.cluster_dir / "secrets" / "pgpass"
         if passfile.exists():
             self.dsn_extra = f"passfile={passfile}"
@@ -114,6 +128,11 @@ class PgquorumSystem(System):
         self._ports = {m["name"]: int(m["pg_port"]) for m in st["members"]}
         self._api = {m["name"]: str(m["api_url"]) for m in st["members"]}
         self._etcd_port = int(str(st["etcd"]).rsplit(":", 1)[1])
+
+    def _yaml_timing(self) -> dict[str, Any]:
+        cfg = yaml.safe_load((self.cluster_dir / self._names[0] / "agent.yaml").read_text())
+        timing: dict[str, Any] = cfg.get("timing") or {}
+        return timing
 
     def _rewrite_config(self, name: str) -> None:
         path = self.cluster_dir / name / "agent.yaml"
@@ -164,16 +183,21 @@ class PgquorumSystem(System):
     # ------------------------------------------------------------------ control
 
     def switchover(self, candidate: str | None = None) -> None:
+        """``POST /switchover`` on the leader's API (Bearer token from ``secrets/api-token``), waiting."""
         leader = self.armed_leader()
         if leader is None:
             raise RuntimeError("switchover: no leader")
-        body: dict[str, object] = {"leader": leader}
-        if candidate:
-            body["candidate"] = candidate
-        status, resp = http_json(f"{self._api[leader]}/switchover", method="POST", body=body, timeout=90)
+        headers = {}
+        token_file = self.cluster_dir / "secrets" / "api-token"
+        if token_file.exists():
+            headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
+        body = {"candidate": candidate, "wait": True}
+        status, resp = http_json(
+            f"{self._api[leader]}/switchover", method="POST", body=body, timeout=120, headers=headers
+        )
         if status in (404, 405, 501):
-            raise NotImplementedError(f"pgquorum REST API has no POST /switchover yet (HTTP {status})")
-        if status != 200:
+            raise NotImplementedError(f"pgquorum REST API has no POST /switchover (HTTP {status})")
+        if status not in (200, 202):
             raise RuntimeError(f"switchover failed: HTTP {status}: {resp}")
 
     def start_member(self, name: str) -> None:

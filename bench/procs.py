@@ -79,7 +79,7 @@ class Reaper:
                     os.waitpid(pid, os.WNOHANG)
 
     def _loop(self) -> None:
-        while not self._stop.wait(0.1):
+        while not self._stop.wait(0.5):
             self.reap_once()
 
 
@@ -219,13 +219,20 @@ def wait_for(what: str, fn: Callable[[], T | None], timeout: float, interval: fl
 
 
 def http_json(
-    url: str, *, method: str = "GET", body: Mapping[str, Any] | None = None, timeout: float = 2.0
+    url: str,
+    *,
+    method: str = "GET",
+    body: Mapping[str, Any] | None = None,
+    timeout: float = 2.0,
+    headers: Mapping[str, str] | None = None,
 ) -> tuple[int, Any]:
     """Tiny JSON-over-HTTP helper (stdlib only). Returns (status, parsed body or text)."""
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method)
     if data is not None:
         req.add_header("Content-Type", "application/json")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             status, raw = resp.status, resp.read()

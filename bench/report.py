@@ -100,8 +100,16 @@ def markdown_table(summary: dict[tuple[str, str, str], dict[str, Any]]) -> str:
 
 
 def ratios(summary: dict[tuple[str, str, str], dict[str, Any]], ours: str, peer: str) -> str:
-    """``ours / peer`` for the median unavailability of each scenario (same profile)."""
-    rows: list[Sequence[str]] = [("scenario", "profile", f"{ours} median s", f"{peer} median s", "ratio")]
+    """``ours / peer`` of the medians of each scenario (same profile name when both have it).
+
+    Lower is better.  A ``*`` marks a median that includes censored runs (writes had not
+    come back before the observation ended), where the ratio is only a lower bound.
+    """
+    fields = [("unavailability_s", "unavail"), ("first_new_ack_s", "1st new ack"), ("last_old_ack_s", "last old ack")]
+    head = ["scenario", "profile"]
+    for _fld, label in fields:
+        head += [f"{ours} {label} s", f"{peer} {label} s", "ratio"]
+    rows: list[Sequence[str]] = [head]
     for (system, profile, scen), s in summary.items():
         if system != ours or scen == "idle":
             continue
@@ -110,10 +118,17 @@ def ratios(summary: dict[tuple[str, str, str], dict[str, Any]], ours: str, peer:
         )
         if other is None:
             continue
-        a, b = s["unavailability_s"]["median"], other["unavailability_s"]["median"]
-        r = ratio(a, b)
-        rows.append((scen, profile, _f(a), _f(b), "-" if r is None else f"{r:.2f}x"))
-    return _render(rows)
+        row = [scen, profile]
+        for fld, _label in fields:
+            a, b = s[fld]["median"], other[fld]["median"]
+            if fld == "last_old_ack_s" and scen != "etcd-cut":
+                a = b = None
+            r = ratio(a, b)
+            star_a = "*" if fld == "unavailability_s" and s["censored"] else ""
+            star_b = "*" if fld == "unavailability_s" and other["censored"] else ""
+            row += [_f(a) + star_a, _f(b) + star_b, "-" if r is None else f"{r:.2f}x"]
+        rows.append(row)
+    return _render(rows) + "\n(ratio = ours / peer, lower is better; * = includes censored runs)"
 
 
 def _render(rows: Sequence[Sequence[str]]) -> str:
