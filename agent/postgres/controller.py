@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -124,21 +125,27 @@ class PostgresController:
         self._passwords: dict[str, str] = {}
         self._log_offset = 0
         self._warned_ignored = False
+        local = {
+            "host": str(self.socket_dir),
+            "port": settings.port,
+            "user": settings.superuser,
+            "dbname": "postgres",
+            "application_name": "pgquorum",
+            "connect_timeout": 3,  # a safety net only: Database enforces the real deadline
+        }
         self._db = Database(
             conninfo(
                 {
-                    "host": str(self.socket_dir),
-                    "port": settings.port,
-                    "user": settings.superuser,
-                    "dbname": "postgres",
-                    "application_name": "pgquorum",
-                    "connect_timeout": 3,  # a safety net only: Database enforces the real deadline
+                    **local,
                     # local commit: the agent's own writes never wait for a quorum that may be gone
                     "options": "-c statement_timeout=30s -c lock_timeout=5s -c synchronous_commit=local",
                 }
             ),
             what=f"postgres of {member_name}",
         )
+        # A physical replication session to ourselves: IDENTIFY_SYSTEM on a standby names the
+        # timeline it has replayed, the only exact source once the WAL receiver is gone.
+        self._replication_conninfo = conninfo({**local, "replication": "true"})
 
     # -- paths and small helpers ------------------------------------------------------------
     def _bin(self, name: str) -> str:
@@ -323,6 +330,8 @@ class PostgresController:
             )
         p = parse_probe(row)
         standby = p.in_recovery
+        if standby and not p.receiver_timeline:
+            p = replace(p, timeline=self._replayed_timeline(deadline - time.monotonic()) or p.timeline)
         return PostgresState(
             data_initialized=True,
             running=True,
@@ -338,6 +347,17 @@ class PostgresController:
             was_primary=not standby,
             pid=pid,
         )
+
+    def _replayed_timeline(self, budget: float) -> int | None:
+        """The timeline a standby has replayed. pg_control's checkpoint timeline lags until the
+        next restartpoint, so right after a failover (when the WAL receiver dies with the leader)
+        it would make every replica look a timeline behind and ineligible."""
+        try:
+            rows = self._db.query("IDENTIFY_SYSTEM", timeout=max(0.2, budget), conninfo=self._replication_conninfo)
+            return int(rows[0][1]) if rows else None
+        except (PostgresError, ValueError, TypeError) as exc:
+            log.debug("IDENTIFY_SYSTEM on the local standby failed: %s", exc)
+            return None
 
     def _controldata_quiet(self, timeout: float) -> ControlData:
         try:

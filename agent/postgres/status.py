@@ -91,6 +91,7 @@ class Probe:
     received_lsn: int | None
     replayed_lsn: int | None
     streaming: bool
+    receiver_timeline: int | None = None  # the WAL receiver's, exact while it runs
 
 
 def parse_probe(row: tuple[Any, ...]) -> Probe:
@@ -112,4 +113,5 @@ def parse_probe(row: tuple[Any, ...]) -> Probe:
         received_lsn=parse_lsn(received),
         replayed_lsn=parse_lsn(replayed),
         streaming=wr_status == "streaming",
+        receiver_timeline=int(received_tli) if received_tli else None,
     )

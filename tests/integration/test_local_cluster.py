@@ -178,6 +178,43 @@ def test_failover_after_sigkill_of_primary_node_loses_no_replicated_write(cluste
         )
 
 
+def test_back_to_back_failovers_with_two_members_killed(cluster: LocalCluster) -> None:
+    """Kill the leader, then the next leader as soon as it writes: the last replica must still be
+    eligible although its checkpoint timeline lags (its WAL receiver dies with each leader)."""
+    before = wait_for(lambda: healthy(cluster), 60, "healthy cluster")
+    killed: list[str] = []
+    term = before["term"]
+    for round_ in range(2):
+
+        def replicas_on_leader_timeline() -> dict[str, Any] | None:
+            s = status(cluster)
+            tl = next((m["timeline"] for m in s["members"] if m["role"] == "leader"), None)
+            live = [m for m in s["members"] if m["name"] not in killed]
+            ok = tl is not None and all(m["timeline"] == tl and m["role"] in ("leader", "replica") for m in live)
+            return s if ok else None
+
+        # DESIGN 2.3 (c): a replica that never reached the newest timeline is rightly not eligible.
+        leader = wait_for(replicas_on_leader_timeline, 30, "replicas streaming on the leader's timeline")["leader"]
+        run_cli("local", "kill", "--member", leader, "--data-dir", str(cluster.data_dir))
+        killed.append(leader)
+
+        def new_leader_writes(t: int = term, row: int = 5000 + round_) -> dict[str, Any] | None:
+            s = status(cluster)
+            if s["leader"] in (None, *killed) or s["term"] <= t:
+                return None
+            try:
+                with psycopg.connect(before["dsn"], autocommit=True, connect_timeout=1) as conn:
+                    conn.execute("INSERT INTO it_rows (id) VALUES (%s)", (row,))
+                return s
+            except psycopg.Error:
+                return None
+
+        term = wait_for(new_leader_writes, 30, f"failover #{round_ + 1}", interval=0.1)["term"]
+    for name in killed:
+        run_cli("local", "start", "--member", name, "--data-dir", str(cluster.data_dir))
+    wait_for(lambda: healthy(cluster), 120, "both killed members rejoining as replicas")
+
+
 def test_crashed_postgres_on_the_leader_is_restarted_in_place(cluster: LocalCluster) -> None:
     before = wait_for(lambda: healthy(cluster), 60, "healthy cluster")
     leader = before["leader"]
