@@ -125,7 +125,7 @@ class PostgresController:
         self._passwords: dict[str, str] = {}
         self._log_offset = 0
         self._warned_ignored = False
-        local = {
+        local: dict[str, str | int | None] = {
             "host": str(self.socket_dir),
             "port": settings.port,
             "user": settings.superuser,
