@@ -56,6 +56,7 @@ from pgquorum.agent.model import (
     SwitchoverRequest,
 )
 from pgquorum.agent.postgres.controller import PostgresController, PostgresError, Upstream
+from pgquorum.agent.postgres.fencing_token import write_term
 
 log = logging.getLogger("pgquorum.ha")
 
@@ -108,6 +109,7 @@ class HaLoop:
         self._last_reason = ""
         self._acquired_at: float | None = None
         self._election_seconds: float | None = None  # first sight of no leader -> key taken
+        self._token_term: int | None = None  # the term last written into the database (fencing token)
         self._peer_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="peer")
         self.metrics = AgentMetrics(cfg.name, cfg.cluster, cfg.timing, clock.monotonic)  # GET /metrics
         # Operators' requests arrive on API threads; they get their own etcd client (not thread-safe).
@@ -341,6 +343,8 @@ class HaLoop:
                 self.pg.start(timeout=60)
             case PublishStatus(term=t, timeline=tl, wal_lsn=lsn, slot_members=names):
                 self.dcs.write_status(LeaderStatus(term=t, timeline=tl, wal_lsn=lsn))
+                if self._token_term != t:  # a leader that retook the key without promoting
+                    self._write_fencing_token(t)
                 self.pg.ensure_slots(names)
 
     def _bootstrap(self) -> None:
@@ -369,7 +373,17 @@ class HaLoop:
             self.dcs.cancel_initialize()
             raise
 
+    def _write_fencing_token(self, term: int) -> None:
+        try:
+            write_term(self.pg, term, self.cfg.name)
+            self._token_term = term
+        except PostgresError as exc:  # retried next loop; clients see the older term meanwhile
+            log.error(
+                "writing the fencing token failed", extra={"event": "fencing_token", "term": term, "error": str(exc)}
+            )
+
     def _after_promotion(self, cluster: ClusterState | None, term: int, started: float, done: float) -> None:
+        self._write_fencing_token(term)
         state = self.pg.state()
         durations = {"promotion": round(done - started, 3)}
         if self._election_seconds is not None:

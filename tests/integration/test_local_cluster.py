@@ -215,6 +215,29 @@ def test_back_to_back_failovers_with_two_members_killed(cluster: LocalCluster) -
     wait_for(lambda: healthy(cluster), 120, "both killed members rejoining as replicas")
 
 
+def test_fencing_token_in_the_database_follows_the_term(cluster: LocalCluster) -> None:
+    s = wait_for(lambda: healthy(cluster), 60, "healthy cluster")
+    term = s["term"]
+    assert term > 1, "runs after the failover tests: the token must have moved with promotions"
+    with psycopg.connect(s["dsn"], autocommit=True) as conn:
+        wait_for(
+            lambda: conn.execute("SELECT pgquorum.current_term()").fetchone() == (term,), 10, "token on the leader"
+        )
+        assert conn.execute("SELECT pgquorum.assert_term(%s)", (term,)).fetchone() == (term,)
+        with pytest.raises(psycopg.errors.lookup("PQ001")):
+            conn.execute("SELECT pgquorum.assert_term(%s)", (term - 1,))
+    for m in s["members"]:
+        if m["role"] == "replica":  # replicated: a standby shows its primary's term, and refuses writes
+            with psycopg.connect(member_dsn(cluster, m["pg_port"]), autocommit=True) as conn:
+                wait_for(
+                    lambda c=conn: c.execute("SELECT pgquorum.current_term()").fetchone() == (term,),
+                    10,
+                    f"token on {m['name']}",
+                )
+                with pytest.raises(psycopg.errors.lookup("PQ001")):
+                    conn.execute("SELECT pgquorum.assert_term(%s)", (term,))
+
+
 def test_crashed_postgres_on_the_leader_is_restarted_in_place(cluster: LocalCluster) -> None:
     before = wait_for(lambda: healthy(cluster), 60, "healthy cluster")
     leader = before["leader"]
