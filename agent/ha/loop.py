@@ -60,6 +60,19 @@ from pgquorum.agent.postgres.fencing_token import write_term
 
 log = logging.getLogger("pgquorum.ha")
 
+CLONE_SECONDS = 600.0
+REWIND_SECONDS = 300.0
+STANDBY_START_SECONDS = 60.0
+# Upper bounds of the actions that may legitimately keep one loop busy for minutes.
+LONG_ACTION_SECONDS: dict[type, float] = {
+    Bootstrap: 180.0,
+    Clone: CLONE_SECONDS + STANDBY_START_SECONDS,
+    Rejoin: REWIND_SECONDS + CLONE_SECONDS + STANDBY_START_SECONDS,
+    Reinitialize: CLONE_SECONDS + STANDBY_START_SECONDS,
+    StartPostgres: STANDBY_START_SECONDS,
+    RestartPostgres: 2 * STANDBY_START_SECONDS,  # stop (postgres.stop_timeout) then start
+}
+
 
 def read_secret(path: object) -> str:
     from pathlib import Path
@@ -109,6 +122,7 @@ class HaLoop:
         self._last_reason = ""
         self._acquired_at: float | None = None
         self._election_seconds: float | None = None  # first sight of no leader -> key taken
+        self.busy_until: float | None = None  # monotonic deadline of a long action in progress (/liveness)
         self._token_term: int | None = None  # the term last written into the database (fencing token)
         self._peer_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="peer")
         self.metrics = AgentMetrics(cfg.name, cfg.cluster, cfg.timing, clock.monotonic)  # GET /metrics
@@ -208,6 +222,9 @@ class HaLoop:
         self._log_decision(decision, cluster)
         again = decision.again
         for action in decision.actions:
+            bound = LONG_ACTION_SECONDS.get(type(action))
+            # /liveness must not call a loop stalled while it clones or rewinds for minutes.
+            self.busy_until = None if bound is None else self.clock.monotonic() + bound
             try:
                 self._execute(action, cluster, renewed_at, decision)
             except (PostgresError, DCSError) as exc:
@@ -222,6 +239,8 @@ class HaLoop:
                 )
                 again = False
                 break
+            finally:
+                self.busy_until = None
         pg_after = self.pg.state() if decision.actions else pg
         self._publish(cluster, pg_after, decision)
         with self._lock:
@@ -279,21 +298,21 @@ class HaLoop:
             case Clone(leader=leader):
                 upstream = self._upstream(cluster, leader)
                 assert upstream is not None
-                self.pg.clone(upstream, timeout=600)
-                self.pg.start(timeout=60)
+                self.pg.clone(upstream, timeout=CLONE_SECONDS)
+                self.pg.start(timeout=STANDBY_START_SECONDS)
             case StartPostgres(as_primary=True):
                 self.pg.write_config(None)
                 self.pg.start(timeout=self.cfg.postgres.primary_start_timeout)
             case StartPostgres(as_primary=False, upstream=up):
                 self.pg.prepare_standby(self._upstream(cluster, up))
-                self.pg.start(timeout=60)
+                self.pg.start(timeout=STANDBY_START_SECONDS)
             case Rejoin(leader=leader):
                 upstream = self._upstream(cluster, leader)
                 assert upstream is not None
-                if not self.pg.rewind(upstream, timeout=300):
+                if not self.pg.rewind(upstream, timeout=REWIND_SECONDS):
                     log.warning("pg_rewind impossible: re-cloning", extra={"event": "reinitialize", "leader": leader})
-                    self.pg.reinitialize(upstream, timeout=600)
-                self.pg.start(timeout=60)
+                    self.pg.reinitialize(upstream, timeout=CLONE_SECONDS)
+                self.pg.start(timeout=STANDBY_START_SECONDS)
             case AcquireLeader(expected_term=t):
                 new_term = self.dcs.acquire_leader(self.cfg.name, t)
                 if new_term is None:
@@ -335,12 +354,12 @@ class HaLoop:
                 self.pg.stop(mode="fast", timeout=self.cfg.postgres.stop_timeout)
                 if not as_primary:
                     self.pg.prepare_standby(self.pg.configured_upstream())
-                self.pg.start(timeout=60)
+                self.pg.start(timeout=STANDBY_START_SECONDS)
             case Reinitialize(leader=leader):
                 upstream = self._upstream(cluster, leader)
                 assert upstream is not None
-                self.pg.reinitialize(upstream, timeout=600)
-                self.pg.start(timeout=60)
+                self.pg.reinitialize(upstream, timeout=CLONE_SECONDS)
+                self.pg.start(timeout=STANDBY_START_SECONDS)
             case PublishStatus(term=t, timeline=tl, wal_lsn=lsn, slot_members=names):
                 self.dcs.write_status(LeaderStatus(term=t, timeline=tl, wal_lsn=lsn))
                 if self._token_term != t:  # a leader that retook the key without promoting
@@ -470,7 +489,7 @@ class HaLoop:
             extra={"event": "switchover", "new_leader": candidate, "term": new_term, **durations},
         )
         self.pg.prepare_standby(upstream)
-        self.pg.start(timeout=60)
+        self.pg.start(timeout=STANDBY_START_SECONDS)
 
     # -- operator requests (called from API threads) ----------------------------------------
     def _cdcs(self) -> DCS:
