@@ -93,6 +93,7 @@ class LeaderStatus:
     term: int
     timeline: int
     wal_lsn: int
+    mod_revision: int = 0  # etcd revision of the key when read (not stored): the leader's heartbeat
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import replace
 from typing import Any, ParamSpec, TypeVar, cast
 from urllib.parse import urlsplit
 
@@ -291,6 +291,8 @@ class EtcdDCS:
                     members.append(member)
             elif key == "status":
                 status = _parse(key, _status_from_json, value)
+                if status is not None:
+                    status = replace(status, mod_revision=int(kv.get("mod_revision", 0)))
             elif key == "config":
                 config = _parse(key, _config_from_json, value)
             elif key == "switchover":
@@ -379,7 +381,8 @@ class EtcdDCS:
 
     @_guarded
     def write_status(self, status: LeaderStatus) -> None:
-        self._txn([], [_put(self.base + "status", json.dumps(asdict(status), sort_keys=True))], self._deadline())
+        body = {"term": status.term, "timeline": status.timeline, "wal_lsn": status.wal_lsn}
+        self._txn([], [_put(self.base + "status", json.dumps(body, sort_keys=True))], self._deadline())
 
     @_guarded
     def set_switchover(self, request: SwitchoverRequest) -> None:

@@ -122,6 +122,8 @@ class HaLoop:
         self._last_reason = ""
         self._acquired_at: float | None = None
         self._election_seconds: float | None = None  # first sight of no leader -> key taken
+        self._detection_seconds: float | None = None  # leader's last heartbeat -> no leader key seen
+        self._leader_heartbeat: tuple[int, float | None] = (0, None)  # (status revision, seen at)
         self.busy_until: float | None = None  # monotonic deadline of a long action in progress (/liveness)
         self._token_term: int | None = None  # the term last written into the database (fencing token)
         self._peer_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="peer")
@@ -266,10 +268,16 @@ class HaLoop:
 
     def _read_cluster(self) -> ClusterState | None:
         try:
-            return self.dcs.get_cluster()
+            cluster = self.dcs.get_cluster()
         except DCSError as exc:
             log.warning("cannot read the cluster from etcd", extra={"event": "dcs_unreachable", "error": str(exc)})
             return None
+        status = cluster.status
+        if cluster.leader is not None and status is not None and status.mod_revision != self._leader_heartbeat[0]:
+            # The leader rewrites its status every loop: the last change is its last sign of life,
+            # where a failover's detection phase starts.
+            self._leader_heartbeat = (status.mod_revision, self.clock.monotonic())
+        return cluster
 
     def _gather_peers(self, cluster: ClusterState) -> tuple[PeerStatus, ...]:
         timeout = min(0.5, self.cfg.timing.retry_timeout)
@@ -321,9 +329,29 @@ class HaLoop:
                 self._acquired_at = self.clock.monotonic()
                 since = self.memory.leaderless_since
                 self._election_seconds = None if since is None else round(self._acquired_at - since, 3)
+                alive_at = self._leader_heartbeat[1]
+                self._detection_seconds = (
+                    None if since is None or alive_at is None or alive_at > since else round(since - alive_at, 3)
+                )
                 self.memory = replace(self.memory, leader_term=new_term, last_renew_sent=renewed_at)
                 self.guard.update(self.memory)
                 log.warning("took the leader key", extra={"event": "leader_acquired", "term": new_term})
+                state = self.pg.state()
+                if state.running and state.in_recovery is False:
+                    # No promotion follows (an agent restarted beside its running primary, or a released
+                    # key retaken): the term still moved, so history records it.
+                    history = self.dcs.get_history()
+                    previous = history[-1].new_leader if history else None
+                    self.dcs.append_history(
+                        HistoryEntry(
+                            new_term,
+                            state.timeline,
+                            self.cfg.name,
+                            previous,
+                            "leader key retaken by the running primary",
+                            self.clock.wall(),
+                        )
+                    )
             case Promote(term=t):
                 started = self.clock.monotonic()
                 self.pg.promote(timeout=30)
@@ -408,6 +436,9 @@ class HaLoop:
         if self._election_seconds is not None:
             durations["election"] = self._election_seconds
             self._election_seconds = None
+        if self._detection_seconds is not None:
+            durations["detection"] = self._detection_seconds
+            self._detection_seconds = None
         history = self.dcs.get_history()
         previous = history[-1] if history else None
         if previous is not None and previous.term == term:
