@@ -136,8 +136,7 @@ def snapshot(
         ours = pg.best_lsn()
         if upstream is not None and ours is not None:
             lag_bytes = max(0, upstream - ours)
-            # PostgresState carries no replay timestamp yet: only "caught up" is known in seconds.
-            lag_seconds = 0.0 if lag_bytes == 0 else None
+        lag_seconds = pg.replay_lag_seconds
     return Snapshot(
         role=role,
         term=term,

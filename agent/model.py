@@ -179,6 +179,7 @@ class PostgresState:
     replayed_lsn: int | None = None  # standby: pg_last_wal_replay_lsn()
     upstream: str | None = None  # standby: the member name in primary_conninfo's application_name
     streaming: bool = False  # standby: WAL receiver is streaming
+    replay_lag_seconds: float | None = None  # standby: 0 when caught up, else age of the last replayed commit
     was_primary: bool = False  # pg_controldata says the cluster last ran as a primary
     pid: int | None = None
 

@@ -344,6 +344,7 @@ class PostgresController:
             replayed_lsn=p.replayed_lsn if standby else None,
             upstream=upstream_name if standby else None,
             streaming=p.streaming,
+            replay_lag_seconds=p.replay_lag_seconds if standby else None,
             was_primary=not standby,
             pid=pid,
         )

@@ -76,7 +76,11 @@ SELECT r.rec,
        w.status,
        w.received_tli,
        (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()),
-       (SELECT min_recovery_end_timeline FROM pg_catalog.pg_control_recovery())
+       (SELECT min_recovery_end_timeline FROM pg_catalog.pg_control_recovery()),
+       CASE WHEN r.rec THEN
+           CASE WHEN pg_catalog.pg_last_wal_receive_lsn() = pg_catalog.pg_last_wal_replay_lsn() THEN 0
+                ELSE EXTRACT(EPOCH FROM now() - pg_catalog.pg_last_xact_replay_timestamp()) END
+       END
 FROM (SELECT pg_catalog.pg_is_in_recovery() AS rec) r
 LEFT JOIN (SELECT status, received_tli FROM pg_catalog.pg_stat_wal_receiver LIMIT 1) w ON true
 """
@@ -92,10 +96,13 @@ class Probe:
     replayed_lsn: int | None
     streaming: bool
     receiver_timeline: int | None = None  # the WAL receiver's, exact while it runs
+    # Standby: 0 when all received WAL is replayed, else age of the last replayed commit. (Measuring
+    # age alone would report an idle, caught-up standby as ever more behind.)
+    replay_lag_seconds: float | None = None
 
 
 def parse_probe(row: tuple[Any, ...]) -> Probe:
-    rec, sysid, walfile, flush, received, replayed, wr_status, received_tli, ckpt_tli, minrec_tli = row
+    rec, sysid, walfile, flush, received, replayed, wr_status, received_tli, ckpt_tli, minrec_tli, lag_s = row
     in_recovery = bool(rec)
     timeline: int | None
     if not in_recovery and walfile:
@@ -114,4 +121,5 @@ def parse_probe(row: tuple[Any, ...]) -> Probe:
         replayed_lsn=parse_lsn(replayed),
         streaming=wr_status == "streaming",
         receiver_timeline=int(received_tli) if received_tli else None,
+        replay_lag_seconds=max(0.0, float(lag_s)) if lag_s is not None else None,
     )
