@@ -1,0 +1,242 @@
+"""Quorum failsafe: a primary cut from etcd keeps serving only on a majority's promise (DESIGN 2.5).
+
+Voter side: ``grant_promise`` answers ``POST /promise``: the voter promises the primary of a term
+not to vote for any other candidate for ``ttl`` seconds from the moment it answers; while that
+holds, ``promise_blocks_vote`` refuses every vote but one for that primary itself.
+
+Primary side: ``may_keep_serving`` counts the promises still valid by the primary's own clock,
+each measured from the *send* time of the request it answered, minus ``safety_margin`` -- the
+lease rule of DESIGN 2.1. Monotonic clocks of two machines are not comparable, so a ``Promise``
+is dated on the clock of whoever holds it: the voter keeps its grant instant, the primary keeps
+its send instant (never the voter's number). Sending precedes granting, so the primary's copy
+expires first.
+
+Why a majority is enough: every promotion needs votes from a majority of voting members, and any
+two majorities share a member. That member either promised first -- then it refuses the vote
+until its promise expires, which is after the primary stopped counting it -- or voted first --
+then it refuses the promise, having voted in a newer term. So while the primary may serve, no
+candidate can win, whoever still reaches etcd.
+
+A voter's process memory is not enough after a restart, and two rules cover that:
+
+* it forgot its promises: it votes for nobody during its first ``ttl`` (``STARTING``);
+* it forgot its votes: it promises nothing until it has read etcd once since it started, which
+  gives it the term counter and its own vote key for the next term (``NOT_SYNCED``).
+
+Everything here is pure: ``now`` is injected monotonic seconds, state is returned, never kept.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import NamedTuple
+
+from pgquorum.agent.config import Timing
+from pgquorum.agent.quorum.refusal import Refusal, RefusalCode
+
+
+@dataclass(frozen=True)
+class Promise:
+    """``voter`` will not vote for anyone but ``primary`` before ``granted_at + ttl``.
+
+    ``granted_at`` is monotonic seconds on the holder's clock: the voter's grant instant in the
+    voter's copy, the send instant of the request in the primary's copy.
+    """
+
+    voter: str
+    primary: str
+    term: int
+    granted_at: float
+    ttl: float
+
+    def expires_at(self) -> float:
+        return self.granted_at + self.ttl
+
+    def binds(self, now: float) -> bool:
+        return now < self.expires_at()
+
+
+@dataclass(frozen=True)
+class PromiseRequest:
+    """Body of ``POST /promise``: the primary of ``term`` asks for (or renews) a promise."""
+
+    primary: str
+    term: int
+
+
+@dataclass(frozen=True)
+class VoterMemory:
+    """What a voting member remembers between requests (process memory: lost on restart).
+
+    ``votes_cast`` holds (term, candidate) of this voter's votes: those cast since it started
+    plus its own vote keys read from etcd. Only terms >= ``etcd_term`` are kept; older ones can
+    no longer matter.
+    """
+
+    me: str
+    ttl: float  # this voter's timing.ttl: how long its promises bind it
+    started_at: float  # monotonic instant this agent process started
+    promise: Promise | None = None  # the latest promise granted (voter's clock)
+    votes_cast: tuple[tuple[int, str], ...] = ()
+    etcd_term: int | None = None  # newest term counter read from etcd since start; None: not yet
+
+    def voted_term(self) -> int:
+        """The newest term this voter voted in (0: none known)."""
+        return max((term for term, _ in self.votes_cast), default=0)
+
+    def vote_in(self, term: int) -> str | None:
+        """The candidate this voter voted for in ``term``, if any."""
+        for t, candidate in self.votes_cast:
+            if t == term:
+                return candidate
+        return None
+
+
+def observe_etcd(memory: VoterMemory, term: int, own_votes: Iterable[tuple[int, str]] = ()) -> VoterMemory:
+    """Fold one successful etcd read into the memory: the term counter and this voter's vote keys.
+
+    The loop calls this every time it reads etcd, with this voter's keys under ``votes/<term+1>/``
+    (and any other term it read): after a restart that is how the voter learns what it voted.
+    """
+    newest = max(term, memory.etcd_term or 0)
+    known = {t: c for t, c in memory.votes_cast}
+    for t, candidate in own_votes:
+        known.setdefault(t, candidate)  # etcd keys are created once: memory and etcd agree
+    kept = tuple(sorted((t, c) for t, c in known.items() if t >= newest))
+    return replace(memory, etcd_term=newest, votes_cast=kept)
+
+
+def _promise_block(memory: VoterMemory, now: float, candidate: str | None) -> Refusal | None:
+    quiet_until = memory.started_at + memory.ttl
+    if now < quiet_until:
+        return Refusal(
+            RefusalCode.STARTING,
+            f"{memory.me} started {now - memory.started_at:.1f}s ago and may have promised a primary "
+            f"not to vote before restarting (promises last ttl {memory.ttl:g}s); it votes for nobody "
+            f"for another {quiet_until - now:.1f}s.",
+        )
+    p = memory.promise
+    if p is not None and p.binds(now) and p.primary != candidate:
+        return Refusal(
+            RefusalCode.PROMISED,
+            f"{memory.me} promised {p.primary}, primary of term {p.term}, {now - p.granted_at:.1f}s ago "
+            f"not to vote for anyone else for {p.ttl:g}s; {p.primary} may still be serving without etcd, "
+            f"so no vote for {candidate or 'another candidate'} for another {p.expires_at() - now:.1f}s.",
+        )
+    return None
+
+
+def promise_blocks_vote(memory: VoterMemory, now: float, candidate: str | None = None) -> str | None:
+    """Why this voter may not vote for ``candidate`` now because of a promise (None: it may).
+
+    ``candidate=None`` asks about any candidate other than the promised primary.
+    """
+    refusal = _promise_block(memory, now, candidate)
+    return refusal.reason if refusal else None
+
+
+def promise_refusal(memory: VoterMemory, now: float, candidate: str | None = None) -> Refusal | None:
+    """``promise_blocks_vote`` with its code (STARTING is a 503, PROMISED a 409)."""
+    return _promise_block(memory, now, candidate)
+
+
+def grant_promise(memory: VoterMemory, request: PromiseRequest, now: float) -> tuple[VoterMemory, Promise | Refusal]:
+    """Voter side of ``POST /promise``: promise ``request.primary`` (or renew), or say why not."""
+    me, term, primary = memory.me, request.term, request.primary
+    if memory.etcd_term is None:
+        return memory, Refusal(
+            RefusalCode.NOT_SYNCED,
+            f"{me} has not read etcd since it started, so it cannot tell whether it already voted in a "
+            f"term after {term}; it promises nothing to {primary} until it has.",
+        )
+    if memory.etcd_term > term:
+        return memory, Refusal(
+            RefusalCode.NEWER_TERM,
+            f"{me} saw term {memory.etcd_term} in etcd, newer than {primary}'s term {term}: another "
+            f"primary may have been elected, so {primary} must not keep serving on {me}'s promise.",
+        )
+    voted = memory.voted_term()
+    if voted > term:
+        return memory, Refusal(
+            RefusalCode.VOTED_NEWER,
+            f"{me} already voted for {memory.vote_in(voted)} in term {voted}, newer than {primary}'s "
+            f"term {term}: promising now could let two primaries serve.",
+        )
+    held = memory.promise
+    if held is not None and held.binds(now) and held.primary != primary and held.term >= term:
+        return memory, Refusal(
+            RefusalCode.PROMISED,
+            f"{me} promised {held.primary}, primary of term {held.term}, not to vote for anyone else "
+            f"for another {held.expires_at() - now:.1f}s; it cannot also promise {primary} of term {term}.",
+        )
+    # A promise to the primary of an older term is replaced: that primary lost its majority when
+    # the newer term was elected (that election needed a majority of votes), so it no longer counts us.
+    promise = Promise(me, primary, term, now, memory.ttl)
+    return replace(memory, promise=promise), promise
+
+
+class KeepServing(NamedTuple):
+    """Primary side verdict: ``allowed`` now, why, and the instant it must be fenced by.
+
+    ``deadline`` is None when no majority of promises was ever held (fence now); it is
+    ``math.inf`` when this member alone is a majority of the voting members.
+    """
+
+    allowed: bool
+    reason: str
+    deadline: float | None
+
+
+def majority(voting_members: int) -> int:
+    return voting_members // 2 + 1
+
+
+def may_keep_serving(
+    promises: Iterable[Promise],
+    voting_members: Iterable[str],
+    now: float,
+    timing: Timing,
+    *,
+    me: str,
+    term: int,
+) -> KeepServing:
+    """May the primary ``me`` of ``term`` keep accepting writes at ``now`` on its voters' promises?
+
+    ``promises`` are the primary's copies: ``granted_at`` is the *send* time of the renewal
+    request each one answered. Each counts until ``granted_at + min(ttl, timing.ttl) -
+    safety_margin``. The primary counts itself when it is a voting member (it does not vote
+    for anyone else while it serves); promises for another primary or term, or from
+    non-members, do not count.
+    """
+    members = list(dict.fromkeys(voting_members))
+    needed = majority(len(members))
+    until: dict[str, float] = {}
+    for p in promises:
+        if p.primary != me or p.term != term or p.voter == me or p.voter not in members:
+            continue
+        end = p.granted_at + min(p.ttl, timing.ttl) - timing.safety_margin
+        until[p.voter] = max(until.get(p.voter, -math.inf), end)
+    self_vote = 1 if me in members else 0
+    others_needed = needed - self_vote
+    holding = sorted(v for v, end in until.items() if end > now)
+    count = self_vote + len(holding)
+    who = ", ".join(([me] if self_vote else []) + holding) or "nobody"
+    if others_needed <= 0:
+        return KeepServing(True, f"{me} alone is a majority of the {len(members)} voting members", math.inf)
+    ends = sorted(until.values(), reverse=True)
+    deadline = ends[others_needed - 1] if len(ends) >= others_needed else None
+    if deadline is not None and now < deadline:
+        return KeepServing(
+            True,
+            f"{count} of {len(members)} voting members ({who}) are bound to {me} for term {term}; "
+            f"a majority ({needed}) holds for another {deadline - now:.2f}s.",
+            deadline,
+        )
+    return KeepServing(
+        False,
+        f"only {count} of {len(members)} voting members ({who}) hold an unexpired promise to {me} for "
+        f"term {term}, {needed} are needed: a majority could elect another primary, fence now.",
+        deadline,
+    )
