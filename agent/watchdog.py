@@ -120,6 +120,12 @@ def parse_watchdog(raw: object, timing: Timing, where: str = "watchdog") -> Watc
     return WatchdogConfig(mode, Path(device_raw), timeout, timing.ttl, timing.loop_wait)
 
 
+def keepalive_safe(now: float, renew_sent: float, timeout: float, ttl: float) -> bool:
+    """A keepalive now makes the reset happen at ``now + timeout``; the lease renewed at ``renew_sent``
+    cannot expire before ``renew_sent + ttl``. Feeding later than that would let a stuck leader outlive its lease."""
+    return now + timeout <= renew_sent + ttl
+
+
 def _describe_open_error(device: Path, exc: OSError) -> str:
     if exc.errno == errno.ENOENT:
         return f"watchdog device {device} does not exist: load a driver (modprobe softdog) or set watchdog.mode: off"
@@ -235,7 +241,7 @@ class Watchdog:
         if fd is None or self.timeout is None:
             return False
         now = self.clock.monotonic()
-        if renew_sent is not None and now + self.timeout > renew_sent + self.config.ttl:
+        if renew_sent is not None and not keepalive_safe(now, renew_sent, self.timeout, self.config.ttl):
             log.warning(
                 "watchdog keepalive skipped: the renewal is too old to extend the watchdog past its lease",
                 extra={"event": "watchdog_late", "renewal_age": round(now - renew_sent, 3)},

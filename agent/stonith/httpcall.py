@@ -12,6 +12,7 @@ import http.client
 import socket
 import ssl
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -32,9 +33,14 @@ class HttpResponse:
     def ok(self) -> bool:
         return 200 <= self.status < 300
 
-    def snippet(self, limit: int = 200) -> str:
-        text = " ".join(self.body[:limit].decode(errors="replace").split())
-        return text + ("..." if len(self.body) > limit else "")
+    def snippet(self, limit: int = 200, secrets: Sequence[bytes] = ()) -> str:
+        """The start of the body on one line, secrets masked *before* cutting (no prefix of one can leak)."""
+        raw = self.body
+        for secret in secrets:
+            if len(secret) >= 4:  # masking a tiny secret would garble the whole text
+                raw = raw.replace(secret, b"***")
+        text = " ".join(raw.decode(errors="replace").split())
+        return text[:limit] + ("..." if len(text) > limit else "")
 
 
 def ssl_context(ca_file: Path | None) -> ssl.SSLContext:

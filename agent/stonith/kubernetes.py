@@ -34,7 +34,7 @@ from urllib.parse import quote
 from pgquorum.agent.stonith import httpcall
 from pgquorum.agent.stonith.config import SA_CA, SA_NAMESPACE, SA_TOKEN, KubernetesHook
 from pgquorum.agent.stonith.model import FenceRequest, HookFailure, Outcome, render
-from pgquorum.agent.stonith.webhook import read_secret, redact
+from pgquorum.agent.stonith.webhook import read_secret
 
 TAINT_KEY = "node.kubernetes.io/out-of-service"
 TAINT_VALUE = "nodeshutdown"
@@ -82,15 +82,16 @@ class _Api:
             parsed = {}
         if resp.status == 404 or resp.ok or resp.status == 409:
             return resp.status, parsed
-        detail = parsed.get("message") or resp.snippet()
         secrets = [self.token] if self.token is not None else []
+        message = parsed.get("message")
+        if isinstance(message, str) and message:
+            resp = httpcall.HttpResponse(resp.status, message.encode())
+        detail = resp.snippet(300, secrets)
         hint = {
             401: "; the token was refused (expired or wrong token_file?)",
             403: "; grant the agent's service account this permission (see the STONITH README for the RBAC)",
         }.get(resp.status, "")
-        raise HookFailure(
-            Outcome.FAILED, f"{method} {path} -> {resp.status}: {redact(str(detail), secrets)[:300]}{hint}"
-        )
+        raise HookFailure(Outcome.FAILED, f"{method} {path} -> {resp.status}: {detail}{hint}")
 
 
 def _endpoint(hook: KubernetesHook, environ: Mapping[str, str]) -> tuple[str, Path | None, Path | None]:
