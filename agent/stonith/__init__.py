@@ -19,11 +19,12 @@ from pgquorum.agent.stonith.config import (
     worst_case_seconds,
 )
 from pgquorum.agent.stonith.model import FenceRequest, HookResult, Outcome, StonithOutcome
-from pgquorum.agent.stonith.runner import run_hooks
+from pgquorum.agent.stonith.runner import FenceJob, run_hooks
 from pgquorum.agent.stonith.webhook import verify_signature
 
 __all__ = [
     "ExecHook",
+    "FenceJob",
     "FenceRequest",
     "Hook",
     "HookResult",

@@ -13,6 +13,7 @@ would only act on a failover that is not happening) and the remaining hooks are 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 
 from pgquorum.agent.clock import Clock
@@ -137,3 +138,33 @@ def run_hooks(
             },
         )
     return outcome
+
+
+class FenceJob:
+    """``run_hooks`` on a thread of its own, so the HA loop keeps renewing its lease while hooks run.
+
+    Hooks can take longer than the lease's ttl (a 10 s fence against a 3 s lease): the loop starts a
+    job after taking the key, keeps looping (renewing), and promotes once ``result()`` says so and
+    it still holds the key for ``request.term``. A job is never cancelled — a later event does not
+    kill a fence halfway; if the loop no longer needs the result (the key was lost meanwhile), it
+    simply drops the job, which still finishes and logs.
+    """
+
+    def __init__(self, hooks: tuple[Hook, ...], request: FenceRequest, clock: Clock):
+        self.request = request
+        self._outcome: StonithOutcome | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(hooks, clock), name=f"stonith-term-{request.term}", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, hooks: tuple[Hook, ...], clock: Clock) -> None:
+        self._outcome = run_hooks(hooks, self.request, clock)
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def result(self, timeout: float | None = 0.0) -> StonithOutcome | None:
+        """The outcome, waiting up to ``timeout`` seconds (``None``: until done); None while still running."""
+        self._thread.join(timeout)
+        return self._outcome

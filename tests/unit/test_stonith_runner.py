@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pgquorum.agent.clock import SystemClock
 from pgquorum.agent.logs import KeyValueFormatter
 from pgquorum.agent.metrics import STONITH_OUTCOMES, AgentMetrics
-from pgquorum.agent.stonith import FenceRequest, Outcome, StonithOutcome, parse_hooks, run_hooks
+from pgquorum.agent.stonith import FenceJob, FenceRequest, Outcome, StonithOutcome, parse_hooks, run_hooks
 
 REQ = FenceRequest("main", "pg-a", "pg-b", 9)
 
@@ -174,3 +174,14 @@ def test_as_dict_is_json_for_the_api(tmp_path: Path, journal: Path) -> None:
     data = json.loads(json.dumps(outcome.as_dict()))
     assert data["may_promote"] is True and data["term"] == 9 and data["old_leader"] == "pg-a"
     assert data["hooks"][0]["outcome"] == "ok" and data["hooks"][0]["policy"] == "required"
+
+
+def test_a_fence_job_runs_in_the_background_and_is_never_cancelled(tmp_path: Path, journal: Path) -> None:
+    hooks = parse_hooks([{"type": "exec", "name": "slow", "command": [step(tmp_path, journal, "s", sleep=0.5)]}])
+    started = time.monotonic()
+    job = FenceJob(hooks, REQ, SystemClock())
+    assert time.monotonic() - started < 0.3  # the HA loop is free to renew its lease meanwhile
+    assert not job.done() and job.result() is None
+    outcome = job.result(timeout=None)
+    assert outcome is not None and outcome.may_promote and job.done()
+    assert outcome.request is job.request and ran(journal) == ["s"]
