@@ -90,31 +90,42 @@ def _runner_targets(data_dir: Path, member: str, field: str) -> list[_Target]:
     return targets
 
 
-def _kill(target: _Target) -> list[int]:
-    """SIGKILL the process, its group and its children; the pids to wait for."""
-    pid = target.pid
+@dataclass(frozen=True)
+class _Victim:
+    target: _Target
+    pgid: int
+    kids: tuple[int, ...]
+
+
+def _survey(target: _Target) -> _Victim | None:
+    """Group and children of a target, taken before anything is killed (children of a dead parent are re-parented)."""
     try:
-        pgid = os.getpgid(pid)
+        pgid = os.getpgid(target.pid)
     except ProcessLookupError:
-        return []
-    if pid == os.getpid() or pgid == os.getpgrp():
+        return None
+    if target.pid == os.getpid() or pgid == os.getpgrp():
         raise HookFailure(Outcome.FAILED, f"{target.what} is in this agent's own process group; refusing to kill it")
-    kids = children_of(pid)  # before the kill: afterwards they are re-parented
+    return _Victim(target, pgid, tuple(children_of(target.pid)))
+
+
+def _kill(victim: _Victim) -> list[int]:
+    """SIGKILL the process, its group and its children; the pids to wait for."""
+    pid = victim.target.pid
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
-        return []
+        pass  # died meanwhile (e.g. in the agent's group, killed just before): its children still go below
     except PermissionError:
         raise HookFailure(
-            Outcome.FAILED, f"not permitted to kill {target.what}: run the agent as its user (or as root)"
+            Outcome.FAILED, f"not permitted to kill {victim.target.what}: run the agent as its user (or as root)"
         ) from None
-    # The main target is dead; a group member or child we may not signal shows up in the wait after this.
+    # A group member or child we may not signal shows up in the wait after this.
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-    for kid in kids:
+        os.killpg(victim.pgid, signal.SIGKILL)
+    for kid in victim.kids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(kid, signal.SIGKILL)
-    return [pid, *kids]
+    return [pid, *victim.kids]
 
 
 def run_local_kill(hook: LocalKillHook, request: FenceRequest) -> str:
@@ -128,10 +139,13 @@ def run_local_kill(hook: LocalKillHook, request: FenceRequest) -> str:
         targets = _runner_targets(hook.data_dir, request.old_leader, f"{hook.where}.data_dir")
     if not targets:
         return f"old leader {request.old_leader} has no live process here (already gone)"
+    # Survey every target before the first kill: killing the agent's group could take its postgres
+    # with it, and backends re-parented before we listed them could still finish a commit.
+    victims = [v for v in (_survey(t) for t in targets) if v is not None]
     waiting: dict[int, str] = {}
-    for target in targets:
-        for pid in _kill(target):
-            waiting.setdefault(pid, target.what)
+    for victim in victims:
+        for pid in _kill(victim):
+            waiting.setdefault(pid, victim.target.what)
     while True:
         alive = {pid: what for pid, what in waiting.items() if pid_alive(pid)}
         if not alive:
