@@ -352,8 +352,8 @@ def parse_hooks(raw: object, where: str = "stonith") -> tuple[Hook, ...]:
             f"{where}:\n  - type: exec\n    command: [/usr/local/bin/fence-node]\n    timeout: 5"
         )
     kinds = [item.get("type") if isinstance(item, Mapping) else None for item in raw]
-    per_type = Counter(kinds)
-    seen_type: Counter[object] = Counter()
+    per_type = Counter(k for k in kinds if isinstance(k, str))
+    seen_type: Counter[str] = Counter()
     hooks: list[Hook] = []
     names: dict[str, str] = {}
     for i, item in enumerate(raw):
@@ -363,9 +363,8 @@ def parse_hooks(raw: object, where: str = "stonith") -> tuple[Hook, ...]:
                 f"{at}: expected a mapping with a type (exec, webhook, local-kill, kubernetes), got {_kind(item)}"
             )
         kind = item.get("type")
-        if kind not in _FIELDS:
+        if not isinstance(kind, str) or kind not in _FIELDS:
             raise ConfigError(f"{at}.type: must be one of exec, webhook, local-kill, kubernetes, got {_show(kind)}")
-        assert isinstance(kind, str)
         unknown = sorted(str(k) for k in item if k not in _FIELDS[kind])
         if unknown:
             raise ConfigError(

@@ -99,6 +99,7 @@ def test_a_command_string_is_split_without_a_shell_and_placeholders_switch_off_t
         ([42], "stonith[0]: expected a mapping with a type"),
         ([{"command": ["/x"]}], "stonith[0].type: must be one of exec, webhook, local-kill, kubernetes, got null"),
         ([{"type": "ssh"}], 'stonith[0].type: must be one of exec, webhook, local-kill, kubernetes, got "ssh"'),
+        ([{"type": ["exec"]}], 'stonith[0].type: must be one of exec, webhook, local-kill, kubernetes, got ["exec"]'),
         (
             [{"type": "exec", "command": ["/x"]}, {"type": "webhook", "url": "http://h/", "timeout": "x"}],
             'stonith[1].timeout: must be a positive number of seconds, got "x"; e.g. timeout: 5',
