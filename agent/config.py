@@ -119,6 +119,58 @@ def _api_settings(raw: Any) -> ApiSettings:
     return api
 
 
+SYNC_MODES = ("off", "quorum")
+DURABILITIES = ("required", "preferred")
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """Quorum commit (DESIGN 2.4): ``synchronous: {mode: off|quorum, k: int, durability: ...}``.
+
+    ``k``: how many standbys must confirm a commit. ``durability: required`` never lets postgres
+    wait for fewer than ``k`` (commits block) and never promotes a candidate that cannot prove it
+    holds every acknowledged commit; ``preferred`` lowers k while standbys are missing (down to
+    asynchronous with none left) and may promote without proof, with an alert and a metric.
+    """
+
+    mode: str = "off"
+    k: int = 1
+    durability: str = "required"
+
+    @property
+    def quorum(self) -> bool:
+        return self.mode == "quorum"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "k": self.k, "durability": self.durability}
+
+
+def sync_settings(raw: Any, base: SyncSettings | None = None, where: str = "synchronous") -> SyncSettings:
+    """Validate a (partial) ``synchronous`` mapping on top of ``base``; ConfigError names the field."""
+    base = base or SyncSettings()
+    if raw is None:
+        return base
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping like {{mode: quorum, k: 1, durability: required}}, got {raw!r}")
+    unknown = sorted(set(raw) - {"mode", "k", "durability"})
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown setting (known: durability, k, mode)")
+    mode = raw.get("mode", base.mode)
+    if mode is False:  # YAML reads a bare `off` as false
+        mode = "off"
+    if mode not in SYNC_MODES:
+        raise ConfigError(f"{where}.mode: expected one of {', '.join(SYNC_MODES)}, got {mode!r}")
+    k = raw.get("k", base.k)
+    if isinstance(k, bool) or not isinstance(k, int | float) or k != int(k) or k < 1:
+        raise ConfigError(
+            f"{where}.k: expected a whole number >= 1 (standbys that must confirm each commit), got {k!r}"
+        )
+    durability = raw.get("durability", base.durability)
+    if durability not in DURABILITIES:
+        raise ConfigError(f"{where}.durability: expected one of {', '.join(DURABILITIES)}, got {durability!r}")
+    return SyncSettings(str(mode), int(k), str(durability))
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     name: str
@@ -132,6 +184,7 @@ class AgentConfig:
     nofailover: bool = False
     log_level: str = "INFO"
     api: ApiSettings = field(default_factory=ApiSettings)
+    synchronous: SyncSettings = field(default_factory=SyncSettings)  # default; etcd's dynamic config wins
 
 
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
@@ -212,6 +265,7 @@ def config_from_dict(data: dict[str, Any]) -> AgentConfig:
     timing = Timing(**_typed(Timing, timing_raw, "timing.", {k: _number for k in timing_raw}))
     validate_timing(timing)
     api = _api_settings(data.pop("api", None))
+    synchronous = sync_settings(data.pop("synchronous", None))
 
     endpoints = _need(data, "etcd_endpoints", "")
     if isinstance(endpoints, str):
@@ -248,6 +302,7 @@ def config_from_dict(data: dict[str, Any]) -> AgentConfig:
         postgres=postgres,
         timing=timing,
         api=api,
+        synchronous=synchronous,
         **{k: v for k, v in rest.items() if k not in {"api_listen", "api_url", "timing"}},
     )
     if not isinstance(cfg.nofailover, bool):
@@ -287,7 +342,11 @@ def with_timing(cfg: AgentConfig, **changes: float) -> AgentConfig:
 # Settings an operator may change at run time (PATCH /config, stored in etcd); agents read them
 # every loop. Timing is deliberately not among them: a new ttl only applies to leases granted after
 # it, so changing it under a running leader could move its fence deadline past its lease's expiry.
-DYNAMIC_SETTINGS: dict[str, type] = {"maximum_lag_on_failover": int, "primary_start_timeout": float}
+DYNAMIC_SETTINGS: dict[str, type] = {
+    "maximum_lag_on_failover": int,
+    "primary_start_timeout": float,
+    "synchronous": dict,  # {mode, k, durability}; a PATCH may change one of them
+}
 STATIC_HINT = "timing and postgres settings are per agent: change them in each agent's config and restart it"
 
 
@@ -300,6 +359,10 @@ def validate_dynamic(changes: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"{key}: not a dynamic setting (dynamic: {', '.join(DYNAMIC_SETTINGS)}); {STATIC_HINT}")
         if value is None:
             out[key] = None
+            continue
+        if kind is dict:
+            checked = sync_settings(value)  # raises ConfigError naming synchronous.<field>
+            out[key] = {name: getattr(checked, name) for name in value}  # partial: merged with etcd's
             continue
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise ConfigError(f"{key}: expected a number >= 0, got {value!r}")
@@ -315,9 +378,19 @@ def effective_dynamic(cfg: AgentConfig, overrides: dict[str, Any] | None) -> dic
         "maximum_lag_on_failover": cfg.postgres.maximum_lag_on_failover,
         "primary_start_timeout": cfg.postgres.primary_start_timeout,
     }
+    sync = cfg.synchronous
     for key, value in (overrides or {}).items():
         try:
+            if key == "synchronous":
+                sync = sync_settings(value, cfg.synchronous)
+                continue
             values.update({k: v for k, v in validate_dynamic({key: value}).items() if v is not None})
         except ConfigError:
             continue  # a bad value in etcd never stops the loop; PATCH refuses them up front
+    values["synchronous"] = sync.as_dict()
     return values
+
+
+def effective_sync(cfg: AgentConfig, overrides: dict[str, Any] | None) -> SyncSettings:
+    """The quorum-commit settings in force (etcd's ``synchronous`` on top of the agent's own)."""
+    return sync_settings(effective_dynamic(cfg, overrides)["synchronous"])

@@ -35,6 +35,7 @@ from prometheus_client.process_collector import ProcessCollector
 from pgquorum.agent.config import Timing
 from pgquorum.agent.ha.decide import Memory, fence_deadline
 from pgquorum.agent.model import ClusterState, Role
+from pgquorum.agent.quorum.sync import parse_standby_names
 
 if TYPE_CHECKING:  # loop.py imports this module: no import of loop.py at module level
     from pgquorum.agent.ha.loop import LoopView
@@ -89,6 +90,9 @@ class Snapshot:
     alert: bool
     last_run_at: float
     last_dcs_contact_at: float | None
+    sync_quorum: int | None = None  # k of the etcd sync record (None: no record)
+    sync_voters: tuple[str, ...] = ()  # voters of the etcd sync record
+    sync_postgres_k: int | None = None  # leader: how many standbys postgres waits for (0: asynchronous)
 
 
 def leader_lsn(cluster: ClusterState | None) -> int | None:
@@ -137,6 +141,11 @@ def snapshot(
         if upstream is not None and ours is not None:
             lag_bytes = max(0, upstream - ours)
         lag_seconds = pg.replay_lag_seconds
+    record = cluster.sync if cluster is not None else None
+    postgres_k: int | None = None
+    if view.sync_obs is not None:
+        parsed = parse_standby_names(view.sync_obs.standby_names)
+        postgres_k = parsed.k if parsed is not None else None
     return Snapshot(
         role=role,
         term=term,
@@ -153,6 +162,9 @@ def snapshot(
         alert=view.decision is not None and view.decision.alert is not None,
         last_run_at=now,
         last_dcs_contact_at=now if view.dcs_ok else last_dcs_contact_at,
+        sync_quorum=record.k if record is not None else None,
+        sync_voters=record.voters if record is not None else (),
+        sync_postgres_k=postgres_k,
     )
 
 
@@ -237,6 +249,28 @@ class _SnapshotCollector:
             None if snap.last_dcs_contact_at is None else max(0.0, now - snap.last_dcs_contact_at),
         )
         yield from gauge("pgquorum_alert", "1 while the HA decision raises an alert (see the log).", float(snap.alert))
+        yield from gauge(
+            "pgquorum_sync_quorum",
+            "Quorum commit: k of the etcd sync record (a failover reads n - k + 1 of its n voters); "
+            "0 when the record promises nothing; absent without a record.",
+            snap.sync_quorum,
+        )
+        if snap.sync_quorum is not None:
+            voters = len(snap.sync_voters)
+            yield from gauge("pgquorum_sync_voters", "Quorum commit: voters in the etcd sync record.", voters)
+            voter = GaugeMetricFamily(
+                "pgquorum_sync_voter",
+                "Quorum commit: 1 for each voter of the etcd sync record.",
+                labels=(*_BASE_LABELS, "voter"),
+            )
+            for name in snap.sync_voters:
+                voter.add_metric([*base, name], 1.0)
+            yield voter
+        yield from gauge(
+            "pgquorum_sync_postgres_k",
+            "Leader: standbys postgres waits for before acknowledging a commit (ANY k); 0 = asynchronous.",
+            snap.sync_postgres_k,
+        )
 
 
 class _LabelledProcessCollector:
@@ -309,6 +343,20 @@ class AgentMetrics:
         )
         for phase in FAILOVER_PHASES:
             self._failover_phases.labels(cluster, member, phase)
+        self._quorum_refused = Counter(
+            "pgquorum_quorum_promotion_refused",
+            "Leaderless episodes in which this member refused to promote itself because it could not prove "
+            "it holds every acknowledged commit (quorum commit, DESIGN 2.4).",
+            _BASE_LABELS,
+            registry=reg,
+        ).labels(cluster, member)
+        self._quorum_unproven = Counter(
+            "pgquorum_quorum_unproven_promotions",
+            "Times this member took the leader key without a proven quorum (durability preferred): "
+            "acknowledged writes may have been lost.",
+            _BASE_LABELS,
+            registry=reg,
+        ).labels(cluster, member)
         reg.register(_SnapshotCollector(self))
         reg.register(_LabelledProcessCollector({"cluster": cluster, "member": member}))
 
@@ -344,6 +392,12 @@ class AgentMetrics:
         for phase, seconds in durations.items():
             if phase in FAILOVER_PHASES:
                 self._failover_phases.labels(self.cluster, self.member, phase).observe(max(0.0, seconds))
+
+    def count_quorum_refusal(self) -> None:
+        self._quorum_refused.inc()
+
+    def count_unproven_promotion(self) -> None:
+        self._quorum_unproven.inc()
 
     def count_switchover(self) -> None:
         self._switchovers.inc()

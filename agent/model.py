@@ -145,6 +145,37 @@ class SwitchoverRequest:
 
 
 @dataclass(frozen=True)
+class SyncRecord:
+    """The ``sync`` key: the quorum the leader keeps (DESIGN 2.4), ``{leader, k, voters}``.
+
+    Postgres acknowledges a commit only once ``k`` of the standbys it lists confirmed it, and the
+    leader keeps that list within ``voters``; so a candidate that reads ``len(voters) - k + 1``
+    voters (itself included) always meets one that has every acknowledged commit. ``k == 0``
+    means no quorum is promised (asynchronous, or not established yet): nothing can be proven.
+    ``mod_revision`` is the key's, for compare-and-swap (0: the key does not exist).
+    """
+
+    leader: str
+    k: int
+    voters: tuple[str, ...]
+    mod_revision: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps({"leader": self.leader, "k": self.k, "voters": sorted(self.voters)}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes, mod_revision: int = 0) -> SyncRecord:
+        data: dict[str, Any] = json.loads(raw)
+        voters = data.get("voters", [])
+        if not isinstance(voters, list) or not all(isinstance(v, str) for v in voters):
+            raise ValueError("voters: expected a list of member names")
+        k = data.get("k", 0)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"k: expected an integer >= 0, got {k!r}")
+        return cls(str(data.get("leader", "")), k, tuple(sorted(set(voters))), mod_revision)
+
+
+@dataclass(frozen=True)
 class ClusterState:
     """One consistent read of the cluster's keys in etcd (a single range request, one revision)."""
 
@@ -156,6 +187,7 @@ class ClusterState:
     status: LeaderStatus | None = None
     config: dict[str, Any] | None = None  # dynamic settings (PATCH /config)
     switchover: SwitchoverRequest | None = None
+    sync: SyncRecord | None = None  # quorum commit record (``sync`` key), None when absent
 
     def member(self, name: str) -> MemberInfo | None:
         for m in self.members:
@@ -199,3 +231,30 @@ class PeerStatus:
     timeline: int | None = None
     lsn: int | None = None
     nofailover: bool = False
+    # Read straight from the peer's postgres (quorum mode): the API's answer is up to one loop old,
+    # and a standby may still have confirmed commits in that time (see agent/quorum/candidate.py).
+    direct_lsn: int | None = None
+
+
+@dataclass(frozen=True)
+class StandbyReplication:
+    """One row of the primary's ``pg_stat_replication``: a standby streaming from us."""
+
+    name: str  # application_name (pgquorum sets it to the member name)
+    state: str  # streaming, catchup, startup, backup, stopping
+    flush_lsn: int | None  # what the standby confirmed as durably flushed
+
+
+@dataclass(frozen=True)
+class SyncObservation:
+    """The primary's quorum-commit state, read every loop while we lead in quorum mode.
+
+    ``change_lsn``: our WAL flush position measured once the current ``synchronous_standby_names``
+    was in force; a listed standby that flushed past it holds every commit acknowledged under any
+    earlier setting (None until measured).
+    """
+
+    standby_names: str  # the value in force (SHOW synchronous_standby_names)
+    flush_lsn: int | None
+    change_lsn: int | None
+    standbys: tuple[StandbyReplication, ...] = ()

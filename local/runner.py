@@ -124,8 +124,14 @@ class LocalCluster:
 
     # -- up --------------------------------------------------------------------------------
     def up(
-        self, members: int = 3, timeout: float = 180.0, timing: Timing | None = None, prometheus: bool = False
+        self,
+        members: int = 3,
+        timeout: float = 180.0,
+        timing: Timing | None = None,
+        prometheus: bool = False,
+        synchronous: dict[str, Any] | None = None,
     ) -> LocalState:
+        """``synchronous``: the agents' quorum-commit setting (``{mode, k, durability}``), None: off."""
         if members < 1 or members > 9:
             raise LocalError(f"--members: expected 1 to 9 data members, got {members}")
         run_as = self._run_as()
@@ -145,7 +151,7 @@ class LocalCluster:
                 etcd_peer_port=free_port(),
                 members=[MemberSlot(f"pg{i + 1}", free_port(), free_port()) for i in range(members)],
             )
-        self._prepare_tree(state, timing or Timing())
+        self._prepare_tree(state, timing or Timing(), synchronous)
         self._start_etcd(state)
         for slot in state.members:
             self._start_agent(state, slot)
@@ -193,7 +199,7 @@ class LocalCluster:
         path.chmod(0o600)
         self._chown(path, owner)
 
-    def _prepare_tree(self, state: LocalState, timing: Timing) -> None:
+    def _prepare_tree(self, state: LocalState, timing: Timing, synchronous: dict[str, Any] | None = None) -> None:
         self._chown(self.data_dir, state.run_as)
         self.data_dir.chmod(0o755)
         secrets_dir = self.data_dir / "secrets"
@@ -227,6 +233,8 @@ class LocalCluster:
                     "parameters": {"shared_buffers": "32MB", "max_connections": "50", "max_slot_wal_keep_size": "1GB"},
                 },
             }
+            if synchronous is not None:
+                config["synchronous"] = dict(synchronous)
             cfg_path = home / "agent.yaml"
             cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
             self._chown(cfg_path, state.run_as)

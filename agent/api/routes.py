@@ -50,10 +50,11 @@ from pgquorum.agent.api.validate import (
     parse_time,
 )
 from pgquorum.agent.clock import Clock
-from pgquorum.agent.config import AgentConfig
+from pgquorum.agent.config import AgentConfig, effective_sync
 from pgquorum.agent.ha.control import Accepted, Control, ControlError
 from pgquorum.agent.ha.decide import Memory
 from pgquorum.agent.ha.loop import LoopView, role_of
+from pgquorum.agent.quorum.status import sync_status
 
 log = logging.getLogger("pgquorum.api")
 
@@ -380,8 +381,15 @@ def _no_lag(check: Callable[[Snapshot], Check]) -> Callable[[Snapshot, Lag, LagL
 
 
 def get_cluster(api: Api, req: Request, query: dict[str, list[str]]) -> Response:
-    cluster = api.loop.view.cluster
-    return Response(200 if cluster is not None else 503, cluster_body(cluster))
+    view = api.loop.view
+    cluster = view.cluster
+    body = cluster_body(cluster)
+    if cluster is not None:
+        settings = view.sync or effective_sync(api.loop.cfg, cluster.config)
+        decision = view.decision
+        plan, verdict = (decision.sync, decision.quorum) if decision is not None else (None, None)
+        body["sync"] = sync_status(settings, cluster, plan, verdict, view.sync_obs)
+    return Response(200 if cluster is not None else 503, body)
 
 
 def get_history(api: Api, req: Request, query: dict[str, list[str]]) -> Response:

@@ -12,6 +12,9 @@ Key layout under ``/<prefix>/<cluster>/`` (prefix defaults to ``pgquorum``):
 ``members/<name>``  JSON MemberInfo, attached to the member's lease
 ``config``          JSON dynamic configuration
 ``switchover``      JSON SwitchoverRequest: a pending switchover / manual failover
+``sync``            JSON SyncRecord ``{leader, k, voters}``: the quorum-commit promise (DESIGN
+                    2.4), written only by the leader, by CAS on its mod revision in the same
+                    transaction that checks the leader key still names the writer
 ==================  ==========================================================================
 
 History entries live beside that range, under ``/<prefix>/<cluster>.history/<term, zero-padded>``,
@@ -26,7 +29,14 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from pgquorum.agent.model import ClusterState, HistoryEntry, LeaderStatus, MemberInfo, SwitchoverRequest
+from pgquorum.agent.model import (
+    ClusterState,
+    HistoryEntry,
+    LeaderStatus,
+    MemberInfo,
+    SwitchoverRequest,
+    SyncRecord,
+)
 
 
 class DCSError(Exception):
@@ -98,6 +108,11 @@ class DCS(Protocol):
 
     def clear_switchover(self) -> None:
         """Delete the pending request (done, or no longer applicable)."""
+        ...
+
+    def write_sync(self, record: SyncRecord, expected_revision: int) -> bool:
+        """Store the ``sync`` record if the leader key names ``record.leader`` and the ``sync`` key's
+        mod revision still is ``expected_revision`` (0: absent). False when either moved."""
         ...
 
     def close(self) -> None:

@@ -37,6 +37,7 @@ from pgquorum.agent.model import (
     LeaderStatus,
     MemberInfo,
     SwitchoverRequest,
+    SyncRecord,
 )
 
 log = logging.getLogger(__name__)
@@ -273,6 +274,7 @@ class EtcdDCS:
         status: LeaderStatus | None = None
         config: dict[str, Any] | None = None
         switchover: SwitchoverRequest | None = None
+        sync: SyncRecord | None = None
         for kv in data.get("kvs", []):
             key = _unb64(kv["key"])[len(self.base) :]
             value = _unb64(kv.get("value"))
@@ -297,7 +299,12 @@ class EtcdDCS:
                 config = _parse(key, _config_from_json, value)
             elif key == "switchover":
                 switchover = _parse(key, SwitchoverRequest.from_json, value)
-        return ClusterState(revision, initialize, leader, term, tuple(members), status, config, switchover)
+            elif key == "sync":
+                mod = int(kv.get("mod_revision", 0))
+                sync = _parse(key, functools.partial(SyncRecord.from_json, mod_revision=mod), value)
+                if sync is None:  # malformed: it promises nothing, and the leader may overwrite it
+                    sync = SyncRecord("", 0, (), mod)
+        return ClusterState(revision, initialize, leader, term, tuple(members), status, config, switchover, sync)
 
     @_guarded
     def get_history(self) -> list[HistoryEntry]:
@@ -391,6 +398,12 @@ class EtcdDCS:
     @_guarded
     def clear_switchover(self) -> None:
         self._txn([], [_delete(self.base + "switchover")], self._deadline())
+
+    @_guarded
+    def write_sync(self, record: SyncRecord, expected_revision: int) -> bool:
+        key = self.base + "sync"
+        compare = [_compare(self.base + "leader", "VALUE", record.leader), _compare(key, "MOD", expected_revision)]
+        return self._txn(compare, [_put(key, record.to_json())], self._deadline())
 
     @_guarded
     def append_history(self, entry: HistoryEntry) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Quorum commit's two transitions are actions too: the leader executes them in the resolver's order.
+from pgquorum.agent.quorum.sync import SetSyncStandbys, WriteSyncRecord
+
 
 @dataclass(frozen=True)
 class Bootstrap:
@@ -130,4 +133,6 @@ Action = (
     | ClearRequest
     | RestartPostgres
     | Reinitialize
+    | SetSyncStandbys
+    | WriteSyncRecord
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from pgquorum.agent.config import Timing
+from pgquorum.agent.config import SyncSettings, Timing
 from pgquorum.agent.ha.actions import (
     AcquireLeader,
     Action,
@@ -27,7 +27,19 @@ from pgquorum.agent.ha.actions import (
     RestartPostgres,
     StartPostgres,
 )
-from pgquorum.agent.model import ClusterState, PeerStatus, PostgresState, Role
+from pgquorum.agent.model import ClusterState, PeerStatus, PostgresState, Role, SyncObservation
+from pgquorum.agent.quorum.candidate import CandidateVerdict, check_candidate
+from pgquorum.agent.quorum.sync import (
+    ASYNC,
+    Durability,
+    SetSyncStandbys,
+    SyncPlan,
+    caught_up,
+    healthy_standbys,
+    parse_standby_names,
+    promotion_standbys,
+    resolve,
+)
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,7 @@ class Memory:
     last_renew_sent: float | None = None  # send time of the last renewal that kept our leader key
     pg_down_since: float | None = None  # leader only: when postgres was first seen down
     leaderless_since: float | None = None  # when this agent first saw no leader key (election timing)
+    leading_since: float | None = None  # first loop that saw us hold the leader key (quorum settling)
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,8 @@ class Inputs:
     primary_start_timeout: float = 10.0
     wall: float = 0.0  # unix time: only to compare with operators' request times, never for leases
     command: str | None = None  # operator command for this member: "restart" | "reinitialize"
+    sync: SyncSettings = field(default_factory=SyncSettings)  # quorum commit settings in force
+    sync_obs: SyncObservation | None = None  # leader only: our postgres's quorum-commit state
 
 
 # A manual failover request that nobody could carry out stops steering the race after this long.
@@ -69,6 +84,8 @@ class Decision:
     memory: Memory
     again: bool = False  # state changed: run the next loop at once instead of sleeping
     alert: str | None = None  # a condition a human must look at (logged at error, exported)
+    sync: SyncPlan | None = None  # leader: quorum-commit plan of this loop (its transitions are in actions)
+    quorum: CandidateVerdict | None = None  # leader race in quorum mode: our candidate check
 
 
 def fence_deadline(last_renew_sent: float | None, timing: Timing) -> float | None:
@@ -124,9 +141,10 @@ def _remember_renewal(inp: Inputs) -> Memory:
     else:
         m = replace(m, leaderless_since=None)
     if leader is None or leader.name != inp.me:
-        return replace(m, leader_term=None, last_renew_sent=None, pg_down_since=None)
+        return replace(m, leader_term=None, last_renew_sent=None, pg_down_since=None, leading_since=None)
     renewed = inp.lease_renewed_at if inp.lease_renewed_at is not None else m.last_renew_sent
-    return replace(m, leader_term=cluster.term, last_renew_sent=renewed)
+    since = m.leading_since if m.leading_since is not None else inp.now
+    return replace(m, leader_term=cluster.term, last_renew_sent=renewed, leading_since=since)
 
 
 def _wait(inp: Inputs, reason: str, role: Role, alert: str | None = None, memory: Memory | None = None) -> Decision:
@@ -275,8 +293,13 @@ def _lead(inp: Inputs, cluster: ClusterState) -> Decision:
         )
     pg = inp.pg
     if pg.in_recovery:
+        promote: tuple[Action, ...] = (Promote(cluster.term),)
+        if inp.sync.quorum:
+            # Before the first write is possible: wait for the record's quorum (DESIGN 2.4).
+            first = promotion_standbys(cluster.sync, inp.me, inp.sync.k, Durability(inp.sync.durability))
+            promote = (SetSyncStandbys(first.render(), f"before promotion: {first} from the etcd record"), *promote)
         return Decision(
-            (Promote(cluster.term),),
+            promote,
             f"we hold the leader key for term {cluster.term}: promoting",
             Role.STANDBY,
             m,
@@ -284,7 +307,15 @@ def _lead(inp: Inputs, cluster: ClusterState) -> Decision:
         )
     others = tuple(x.name for x in cluster.members if x.name != inp.me and not x.witness)
     status = PublishStatus(cluster.term, pg.timeline or 0, pg.wal_lsn or 0, others)
-    steady = Decision((status,), f"leader of term {cluster.term}, lease renewed", Role.LEADER, m)
+    plan = sync_plan(inp, cluster)
+    steady = Decision(
+        (status, *(plan.transitions if plan else ())),
+        f"leader of term {cluster.term}, lease renewed",
+        Role.LEADER,
+        m,
+        alert=plan.alert if plan else None,
+        sync=plan,
+    )
     req = cluster.switchover
     if req is None or req.failed:
         return steady
@@ -309,6 +340,35 @@ def _lead(inp: Inputs, cluster: ClusterState) -> Decision:
         Role.LEADER,
         m,
         again=True,
+    )
+
+
+def settle_seconds(timing: Timing) -> float:
+    """After a promotion, standbys need a moment to re-point and stream: keep them in the quorum meanwhile."""
+    return timing.ttl + 2 * timing.loop_wait
+
+
+def sync_plan(inp: Inputs, cluster: ClusterState) -> SyncPlan | None:
+    """The leader's quorum-commit transitions for this loop (None: nothing observed, nothing to do)."""
+    obs = inp.sync_obs
+    if obs is None:
+        return None
+    pg_now = parse_standby_names(obs.standby_names) or ASYNC  # unknown ('*'): as unsafe as asynchronous
+    listed = pg_now.names
+    active = healthy_standbys(obs, cluster.members, inp.me, listed, inp.maximum_lag_on_failover)
+    since = inp.memory.leading_since
+    if since is not None and inp.now - since < settle_seconds(inp.timing):
+        members = {x.name for x in cluster.members if not x.witness and not x.nofailover and x.name != inp.me}
+        active |= listed & members
+    return resolve(
+        me=inp.me,
+        record=cluster.sync,
+        pg=pg_now,
+        caught_up=caught_up(obs, listed),
+        active=active,
+        wanted_k=inp.sync.k,
+        durability=Durability(inp.sync.durability),
+        mode_quorum=inp.sync.quorum,
     )
 
 
@@ -437,6 +497,14 @@ def _race(inp: Inputs, cluster: ClusterState) -> Decision:
         if not eligible_peers:
             alert = "no member is eligible for failover: " + "; ".join(problems)
         return _wait(inp, "no leader, not eligible: " + "; ".join(problems), Role.STANDBY, alert=alert)
+    verdict = None
+    if inp.sync.quorum:
+        heard = {p.name: _freshest(p) for p in inp.peers}
+        verdict = check_candidate(cluster.sync, inp.me, pg.best_lsn(), heard, Durability(inp.sync.durability))
+        if not verdict.eligible:
+            refused = _wait(inp, "no leader, not promoting: " + verdict.reason, Role.STANDBY, alert=verdict.alert)
+            return replace(refused, quorum=verdict)
+        take = replace(take, quorum=verdict, alert=verdict.alert)
     mine = (pg.best_lsn() or 0, inp.me)
     for p in eligible_peers:
         theirs = (p.lsn or 0, p.name)
@@ -448,6 +516,12 @@ def _race(inp: Inputs, cluster: ClusterState) -> Decision:
                 Role.STANDBY,
             )
     return take
+
+
+def _freshest(p: PeerStatus) -> int | None:
+    """A peer's WAL position for the quorum check: its own postgres's answer if we got one."""
+    known = [x for x in (p.lsn if p.reachable else None, p.direct_lsn) if x is not None]
+    return max(known) if known else None
 
 
 def ineligibility(

@@ -21,7 +21,14 @@ from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from pgquorum.agent.clock import Clock
-from pgquorum.agent.config import AgentConfig, ConfigError, effective_dynamic, validate_dynamic
+from pgquorum.agent.config import (
+    AgentConfig,
+    ConfigError,
+    SyncSettings,
+    effective_dynamic,
+    effective_sync,
+    validate_dynamic,
+)
 from pgquorum.agent.dcs.base import DCS, DCSError
 from pgquorum.agent.dcs.etcd_watch import LeaderWatch
 from pgquorum.agent.ha.actions import (
@@ -54,9 +61,12 @@ from pgquorum.agent.model import (
     PostgresState,
     Role,
     SwitchoverRequest,
+    SyncObservation,
+    SyncRecord,
 )
 from pgquorum.agent.postgres.controller import PostgresController, PostgresError, Upstream
 from pgquorum.agent.postgres.fencing_token import write_term
+from pgquorum.agent.quorum.sync import Quorum, SetSyncStandbys, WriteSyncRecord
 
 log = logging.getLogger("pgquorum.ha")
 
@@ -96,6 +106,8 @@ class LoopView:
     decision: Decision | None
     dcs_ok: bool
     last_loop_at: float
+    sync_obs: SyncObservation | None = None  # leader in quorum mode: its postgres's quorum state
+    sync: SyncSettings | None = None  # quorum-commit settings in force for this loop
 
 
 class HaLoop:
@@ -132,6 +144,8 @@ class HaLoop:
         self._control_dcs = control_dcs
         self._control_lock = threading.Lock()
         self._command: str | None = None  # "restart" | "reinitialize", consumed by the next decision
+        self._refusal_counted_for: float | None = None  # leaderless episode whose quorum refusal was counted
+        self._last_alert: tuple[str, float] | None = None  # (alert, when logged): repeat at most every 10 s
 
     # -- public --------------------------------------------------------------------------
     @property
@@ -196,9 +210,11 @@ class HaLoop:
         renewed_at = self._renew_lease()
         cluster = self._read_cluster()
         pg = self.pg.state()
+        sync = effective_sync(self.cfg, cluster.config if cluster else None)
         peers: tuple[PeerStatus, ...] = ()
         if cluster is not None and cluster.leader is None and cluster.initialize:
-            peers = self._gather_peers(cluster)
+            peers = self._gather_peers(cluster, sync)
+        sync_obs = self._observe_sync(cluster, pg, sync)
         dynamic = effective_dynamic(self.cfg, cluster.config if cluster else None)
         command = self._command
         inputs = Inputs(
@@ -215,8 +231,11 @@ class HaLoop:
             primary_start_timeout=dynamic["primary_start_timeout"],
             wall=self.clock.wall(),
             command=command,
+            sync=sync,
+            sync_obs=sync_obs,
         )
         decision = decide(inputs)
+        self._count_quorum_refusal(decision)
         if command is not None and _consumes_command(decision):
             self._command = None
         self.memory = decision.memory
@@ -246,7 +265,9 @@ class HaLoop:
         pg_after = self.pg.state() if decision.actions else pg
         self._publish(cluster, pg_after, decision)
         with self._lock:
-            self._view = LoopView(cluster, pg_after, decision, cluster is not None, self.clock.monotonic())
+            self._view = LoopView(
+                cluster, pg_after, decision, cluster is not None, self.clock.monotonic(), sync_obs, sync
+            )
         loop_done = self.clock.monotonic()  # metrics
         self.metrics.observe_loop(self._view, loop_done - loop_started, loop_done, memory=self.memory)
         return again
@@ -279,11 +300,60 @@ class HaLoop:
             self._leader_heartbeat = (status.mod_revision, self.clock.monotonic())
         return cluster
 
-    def _gather_peers(self, cluster: ClusterState) -> tuple[PeerStatus, ...]:
+    def _gather_peers(self, cluster: ClusterState, sync: SyncSettings) -> tuple[PeerStatus, ...]:
         timeout = min(0.5, self.cfg.timing.retry_timeout)
         others = [m for m in cluster.members if m.name != self.cfg.name and not m.witness]
         futures = [self._peer_pool.submit(fetch_peer_status, m, timeout) for m in others]
-        return tuple(f.result() for f in futures)
+        # Quorum mode: the voters' positions straight from their postgres (their API is a loop old).
+        voters = Quorum.of(cluster.sync).voters if sync.quorum else frozenset()
+        direct = {}
+        targets = [m for m in others if m.name in voters and m.conn_url]
+        if targets:
+            try:
+                self.pg.prepare_peer_access()
+                for m in targets:
+                    parts = urlsplit(m.conn_url)
+                    up = Upstream(m.name, parts.hostname or "127.0.0.1", parts.port or 5432)
+                    direct[m.name] = self._peer_pool.submit(self.pg.peer_wal_position, up, timeout)
+            except PostgresError as exc:
+                log.warning("cannot ask the voters' postgres directly", extra={"event": "peers", "error": str(exc)})
+        peers = []
+        for m, f in zip(others, futures, strict=True):
+            status = f.result()
+            pending = direct.get(m.name)
+            if pending is not None:
+                try:
+                    status = replace(status, direct_lsn=pending.result())
+                except (PostgresError, OSError) as exc:
+                    log.debug("no direct WAL position from %s: %s", m.name, exc)
+            peers.append(status)
+        return tuple(peers)
+
+    def _observe_sync(
+        self, cluster: ClusterState | None, pg: PostgresState, sync: SyncSettings
+    ) -> SyncObservation | None:
+        """Leader only: what our postgres waits for and who streams, when quorum commit is or was on."""
+        if cluster is None or cluster.leader is None or cluster.leader.name != self.cfg.name:
+            return None
+        if not (pg.running and pg.in_recovery is False):
+            return None
+        if not (sync.quorum or Quorum.of(cluster.sync).provable or self.pg.standby_names):
+            return None
+        try:
+            return self.pg.sync_observation(timeout=min(1.0, self.cfg.timing.retry_timeout))
+        except PostgresError as exc:
+            log.warning("cannot read the quorum-commit state", extra={"event": "sync_observe", "error": str(exc)})
+            return None
+
+    def _count_quorum_refusal(self, d: Decision) -> None:
+        """``pgquorum_quorum_promotion_refused_total``: once per leaderless episode, not once per loop."""
+        verdict = d.quorum
+        if verdict is None or verdict.eligible:
+            return
+        episode = d.memory.leaderless_since
+        if episode is None or episode != self._refusal_counted_for:
+            self._refusal_counted_for = episode
+            self.metrics.count_quorum_refusal()
 
     # -- executing -----------------------------------------------------------------------
     def _upstream(self, cluster: ClusterState | None, name: str | None) -> Upstream | None:
@@ -327,6 +397,12 @@ class HaLoop:
                     log.info("lost the leader race", extra={"event": "race_lost", "term": t})
                     return
                 self._acquired_at = self.clock.monotonic()
+                if d.quorum is not None and d.quorum.possible_loss:
+                    self.metrics.count_unproven_promotion()
+                    log.error(
+                        "took the leader key without a proven quorum",
+                        extra={"event": "quorum_unproven", "term": new_term, "reason": d.quorum.reason},
+                    )
                 since = self.memory.leaderless_since
                 self._election_seconds = None if since is None else round(self._acquired_at - since, 3)
                 alive_at = self._leader_heartbeat[1]
@@ -388,6 +464,21 @@ class HaLoop:
                 assert upstream is not None
                 self.pg.reinitialize(upstream, timeout=CLONE_SECONDS)
                 self.pg.start(timeout=STANDBY_START_SECONDS)
+            case SetSyncStandbys(value=value, why=why):
+                before = self.pg.standby_names
+                self.pg.set_standby_names(value)
+                log.warning(
+                    "quorum commit: synchronous_standby_names changed",
+                    extra={"event": "sync_postgres", "term": term, "old": before, "new": value, "why": why},
+                )
+            case WriteSyncRecord(leader=leader, k=k, voters=voters, why=why):
+                expected = cluster.sync.mod_revision if cluster is not None and cluster.sync is not None else 0
+                if not self.dcs.write_sync(SyncRecord(leader, k, voters), expected):
+                    raise DCSError("sync record: the leader key or the record changed meanwhile (compare-and-swap)")
+                log.warning(
+                    "quorum commit: etcd sync record written",
+                    extra={"event": "sync_record", "term": term, "k": k, "voters": list(voters), "why": why},
+                )
             case PublishStatus(term=t, timeline=tl, wal_lsn=lsn, slot_members=names):
                 self.dcs.write_status(LeaderStatus(term=t, timeline=tl, wal_lsn=lsn))
                 if self._token_term != t:  # a leader that retook the key without promoting
@@ -647,7 +738,11 @@ class HaLoop:
             field = str(exc).split(":", 1)[0]
             raise ControlError(400, str(exc), field) from None
         cluster = self._control_cluster()
-        merged = {k: v for k, v in {**(cluster.config or {}), **valid}.items() if v is not None}
+        current = cluster.config or {}
+        if isinstance(valid.get("synchronous"), dict) and isinstance(current.get("synchronous"), dict):
+            # a PATCH of one quorum setting keeps the others
+            valid["synchronous"] = {**current["synchronous"], **valid["synchronous"]}
+        merged = {k: v for k, v in {**current, **valid}.items() if v is not None}
         try:
             with self._control_lock:
                 stored = self._cdcs().set_config(merged, cluster.revision)
@@ -687,7 +782,12 @@ class HaLoop:
     def _log_decision(self, d: Decision, cluster: ClusterState | None) -> None:
         term = cluster.term if cluster else self.memory.leader_term
         if d.alert:
-            log.error(d.reason, extra={"event": "alert", "alert": d.alert, "term": term})
+            # A standing alert (e.g. quorum commit degraded) is repeated every 10 s, not every loop.
+            now = self.clock.monotonic()
+            last = self._last_alert
+            if last is None or last[0] != d.alert or d.reason != self._last_reason or now - last[1] >= 10.0:
+                log.error(d.reason, extra={"event": "alert", "alert": d.alert, "term": term})
+                self._last_alert = (d.alert, now)
         elif d.reason != self._last_reason:
             log.info(d.reason, extra={"event": "decision", "role": d.role.value, "term": term})
         self._last_reason = d.reason

@@ -38,8 +38,10 @@ RESERVED = frozenset(
         "data_directory",
         "config_file",
         "cluster_name",
+        "synchronous_standby_names",  # quorum commit: the leader's resolver owns it
     }
 )
+SYNC_NAMES_KEY = "synchronous_standby_names"
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,12 @@ def render_conf(
     socket_dir: Path,
     passfile: Path,
     upstream: Upstream | None,
+    standby_names: str = "",
 ) -> tuple[str, list[str]]:
-    """The text of ``pgquorum.conf`` and the names of user parameters ignored because we own them."""
+    """The text of ``pgquorum.conf`` and the names of user parameters ignored because we own them.
+
+    ``standby_names``: ``synchronous_standby_names`` (quorum commit); '' on every standby.
+    """
     defaults: dict[str, str] = {
         "wal_level": "replica",
         "hot_standby": "on",
@@ -97,6 +103,7 @@ def render_conf(
         "port": str(settings.port),
         "unix_socket_directories": str(socket_dir),
         "cluster_name": member,
+        SYNC_NAMES_KEY: standby_names,
     }
     if upstream is not None:
         owned["primary_conninfo"] = make_conninfo(
@@ -146,6 +153,17 @@ def read_upstream(conf_text: str) -> Upstream | None:
             except (ValueError, KeyError, TypeError):
                 return None
     return None
+
+
+def read_standby_names(conf_text: str) -> str:
+    """The ``synchronous_standby_names`` written by ``render_conf`` ('' when absent or unreadable)."""
+    prefix = SYNC_NAMES_KEY + " = "
+    for line in conf_text.splitlines():
+        if line.startswith(prefix):
+            raw = line[len(prefix) :].strip()
+            if len(raw) >= 2 and raw[0] == raw[-1] == "'":
+                return raw[1:-1].replace("''", "'").replace("\\\\", "\\")
+    return ""
 
 
 def _role(name: str) -> str:

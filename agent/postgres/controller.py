@@ -32,13 +32,14 @@ import psycopg
 from psycopg import sql
 
 from pgquorum.agent.config import PostgresSettings
-from pgquorum.agent.model import PostgresState, parse_lsn
+from pgquorum.agent.model import PostgresState, StandbyReplication, SyncObservation, parse_lsn
 from pgquorum.agent.postgres import process
 from pgquorum.agent.postgres.conf import (
     CONF_NAME,
     SLOT_PREFIX,
     Upstream,
     conninfo,
+    read_standby_names,
     read_upstream,
     render_conf,
     render_hba,
@@ -52,6 +53,7 @@ from pgquorum.agent.postgres.db import Conn, Database
 from pgquorum.agent.postgres.errors import PostgresError, PostgresTimeout
 from pgquorum.agent.postgres.process import OsUser
 from pgquorum.agent.postgres.status import PROBE_SQL, ControlData, parse_controldata, parse_probe
+from pgquorum.agent.quorum.sync import parse_standby_names
 
 __all__ = ["PostgresController", "PostgresError", "PostgresTimeout", "Upstream", "slot_name"]
 
@@ -143,6 +145,11 @@ class PostgresController:
             ),
             what=f"postgres of {member_name}",
         )
+        # Quorum commit: what we write into pgquorum.conf (see set_standby_names), and when the
+        # value in force was first observed, keyed by (value, postmaster pid, timeline).
+        self._standby_names = self._read_standby_names()
+        self._sync_seen: tuple[str, int | None, str | None] | None = None
+        self._sync_change_lsn: int | None = None
         # A physical replication session to ourselves: IDENTIFY_SYSTEM on a standby names the
         # timeline it has replayed, the only exact source once the WAL receiver is gone.
         self._replication_conninfo = conninfo({**local, "replication": "true"})
@@ -381,7 +388,7 @@ class PostgresController:
             self._ensure_dirs()
             self._write_pgpass(need=("replication",) if upstream is not None else ())
             me, sock = self.member_name, self.socket_dir
-            text, ignored = render_conf(self.settings, me, sock, self.passfile, upstream)
+            text, ignored = render_conf(self.settings, me, sock, self.passfile, upstream, self._standby_names)
             if ignored and not self._warned_ignored:
                 self._warned_ignored = True
                 log.warning("postgres.parameters: ignoring %s (managed by pgquorum)", ", ".join(ignored))
@@ -394,8 +401,13 @@ class PostgresController:
                 process.write_file(main_conf, included, self.user)
 
     def prepare_standby(self, upstream: Upstream | None) -> None:
-        """Config for ``upstream`` plus standby.signal: the next start runs as a standby (no start here)."""
+        """Config for ``upstream`` plus standby.signal: the next start runs as a standby (no start here).
+
+        Clears ``synchronous_standby_names``: a standby must not carry a primary's quorum into its
+        next promotion; the leader sets it again right before promoting (``set_standby_names``).
+        """
         with self._op_lock:
+            self._standby_names = ""
             self.write_config(upstream)
             process.write_file(self.data_dir / "standby.signal", "", self.user)
 
@@ -875,6 +887,126 @@ class PostgresController:
                 shutil.rmtree(path)
             else:
                 path.unlink()
+
+    # -- quorum commit -----------------------------------------------------------------------
+    # synchronous_standby_names lives in our generated pgquorum.conf, not in postgresql.auto.conf
+    # (ALTER SYSTEM): writing the file needs no connection, so it can be set on a standby right
+    # before its promotion; it survives restarts with the file; and the file is regenerated at
+    # every role change, so prepare_standby() clears it for every replica start and after every
+    # demotion, rewind or clone, while pg_basebackup/pg_rewind would copy a primary's auto.conf.
+    def _read_standby_names(self) -> str:
+        try:
+            return read_standby_names((self.data_dir / CONF_NAME).read_text())
+        except OSError:
+            return ""
+
+    @property
+    def standby_names(self) -> str:
+        """The ``synchronous_standby_names`` our generated config holds."""
+        return self._standby_names
+
+    def set_standby_names(self, value: str, timeout: float = 3.0) -> None:
+        """Write ``synchronous_standby_names`` into pgquorum.conf, reload, and wait until it is in force.
+
+        Raises PostgresError if postgres does not show the value within ``timeout`` (e.g. an
+        ``ALTER SYSTEM`` setting overrides our file): a transition counts only once it applies.
+        """
+        wanted = parse_standby_names(value)
+        with self._op_lock:
+            deadline = time.monotonic() + timeout
+            if value != self._standby_names:
+                self._standby_names = value
+                self.write_config(self.configured_upstream())
+                self.reload()
+            if self.postmaster_pid() is None:
+                return  # applies at the next start (the file is what start() uses)
+            shown: str | None = None
+            while True:
+                try:
+                    rows = self._db.query(
+                        "SELECT pg_catalog.current_setting('synchronous_standby_names')",
+                        timeout=max(0.2, min(1.0, _left(deadline))),
+                    )
+                    shown = str(rows[0][0])
+                except PostgresError as exc:
+                    if _left(deadline) <= 0:
+                        raise PostgresError(f"synchronous_standby_names: cannot verify {value!r}: {exc}") from None
+                if shown is not None and parse_standby_names(shown) == wanted:
+                    log.info("synchronous_standby_names = %r in force", value)
+                    return
+                if _left(deadline) <= 0:
+                    raise PostgresError(
+                        f"synchronous_standby_names is {shown!r}, not {value!r}, after a reload: it is set elsewhere "
+                        "(ALTER SYSTEM?); run ALTER SYSTEM RESET synchronous_standby_names and reload"
+                    )
+                time.sleep(0.02)
+
+    def sync_observation(self, timeout: float = 1.0) -> SyncObservation:
+        """On a primary: the quorum setting in force, our flush position and the streaming standbys.
+
+        ``change_lsn`` is measured at the first observation of a value (after a change, a restart or
+        a promotion), not at the change itself: by then every WAL sender has reloaded too, and a
+        later measurement only asks standbys for more.
+        """
+
+        async def fn(conn: Conn) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
+            cur = await conn.execute(
+                "SELECT pg_catalog.pg_is_in_recovery(), "
+                "pg_catalog.current_setting('synchronous_standby_names'), "
+                "CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL "
+                "ELSE pg_catalog.pg_current_wal_flush_lsn()::text END, "
+                "CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL "
+                "ELSE substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8) END"
+            )
+            head = await cur.fetchone()
+            cur = await conn.execute(
+                "SELECT application_name, state, flush_lsn::text FROM pg_catalog.pg_stat_replication"
+            )
+            return head or (), await cur.fetchall()
+
+        head, rows = self._db.run(fn, timeout)
+        if not head or head[0]:
+            raise PostgresError("sync_observation: postgres is not a primary")
+        value, flush, timeline = str(head[1]), parse_lsn(head[2]), head[3]
+        key = (value, self.postmaster_pid(), str(timeline) if timeline else None)
+        if key != self._sync_seen:
+            self._sync_seen, self._sync_change_lsn = key, flush
+        standbys = tuple(StandbyReplication(str(r[0]), str(r[1]), parse_lsn(r[2])) for r in rows)
+        return SyncObservation(value, flush, self._sync_change_lsn, standbys)
+
+    def prepare_peer_access(self) -> None:
+        """Write the pgpass file ``peer_wal_position`` needs (once, before parallel calls)."""
+        self._write_pgpass(need=("superuser",))
+
+    def peer_wal_position(self, member: Upstream, timeout: float = 0.5) -> int | None:
+        """A peer's WAL position straight from its postgres: the most it flushed or replayed.
+
+        Fresher than its agent's API (one loop old); the failover quorum check needs that.
+        Call ``prepare_peer_access`` first. Raises PostgresError when it does not answer.
+        """
+        target = conninfo(
+            {
+                "host": member.host,
+                "port": member.port,
+                "user": self.settings.superuser,
+                "dbname": "postgres",
+                "passfile": str(self.passfile),
+                "connect_timeout": 2,
+                "application_name": f"pgquorum-{self.member_name}",
+            }
+        )
+
+        async def fn(conn: Conn) -> int | None:
+            cur = await conn.execute(
+                "SELECT CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL "
+                "ELSE pg_catalog.pg_current_wal_flush_lsn()::text END, "
+                "pg_catalog.pg_last_wal_receive_lsn()::text, pg_catalog.pg_last_wal_replay_lsn()::text"
+            )
+            row = await cur.fetchone()
+            values = [parse_lsn(v) for v in (row or ()) if v]
+            return max((v for v in values if v is not None), default=None)
+
+        return self._db.run(fn, timeout, conninfo=target)
 
     # -- SQL helpers -------------------------------------------------------------------------
     def ensure_slots(self, names: Iterable[str], timeout: float = 5.0) -> tuple[list[str], list[str]]:

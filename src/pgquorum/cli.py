@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for a healthy cluster")
     up.add_argument("--json", action="store_true", help="print the status as JSON")
     up.add_argument("--prometheus", action="store_true", help="also run Prometheus scraping the agents and etcd")
+    up.add_argument("--sync", choices=["off", "quorum"], default=None, help="quorum commit (synchronous.mode)")
+    up.add_argument("--k", type=int, default=None, help="with --sync quorum: standbys that confirm each commit")
+    up.add_argument(
+        "--durability", choices=["required", "preferred"], default=None, help="with --sync quorum (default required)"
+    )
     st = with_dir(lsub.add_parser("status", help="leader, term and every member"))
     st.add_argument("--json", action="store_true", help="machine-readable output (stable keys)")
     start = with_dir(lsub.add_parser("start", help="start a stopped or killed member again"))
@@ -114,13 +119,27 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+def _sync_args(args: argparse.Namespace) -> dict[str, object] | None:
+    """``--sync/--k/--durability`` as the agents' ``synchronous`` setting (validated like the YAML)."""
+    from pgquorum.agent.config import sync_settings
+
+    given = {"mode": args.sync, "k": args.k, "durability": args.durability}
+    if all(v is None for v in given.values()):
+        return None
+    if args.sync != "quorum" and (args.k is not None or args.durability is not None):
+        raise ConfigError("--k/--durability: only with --sync quorum")
+    raw = {key: value for key, value in given.items() if value is not None}
+    return sync_settings(raw, where="--sync").as_dict()
+
+
 def _local(args: argparse.Namespace) -> int:
     from pgquorum.local.runner import LocalCluster
 
     cluster = LocalCluster(args.data_dir)
     cmd = args.local_command
     if cmd == "up":
-        cluster.up(members=args.members, timeout=args.timeout, prometheus=args.prometheus)
+        synchronous = _sync_args(args)
+        cluster.up(members=args.members, timeout=args.timeout, prometheus=args.prometheus, synchronous=synchronous)
         status = cluster.status()
         if args.json:
             print(json.dumps(status, indent=2))
