@@ -549,3 +549,88 @@ def test_mode_off_without_record_observes_nothing(mode: str) -> None:
         )
     )
     assert d.sync is None and len(d.actions) == 1
+
+
+# -- configuration, generated config, etcd payload ---------------------------------------------------
+
+
+def agent_config(**over: object) -> dict[str, object]:
+    from pgquorum.agent.config import default_bin_dir
+
+    data: dict[str, object] = {
+        "name": "pg1",
+        "cluster": "main",
+        "etcd_endpoints": ["http://127.0.0.1:2379"],
+        "api_listen": "127.0.0.1:8008",
+        "postgres": {"data_dir": "/var/lib/pgquorum/pg1", "bin_dir": default_bin_dir()},
+    }
+    data.update(over)
+    return data
+
+
+def test_synchronous_settings_default_off_and_validate() -> None:
+    from pgquorum.agent.config import config_from_dict
+
+    assert config_from_dict(agent_config()).synchronous == SyncSettings("off", 1, "required")
+    cfg = config_from_dict(agent_config(synchronous={"mode": "quorum", "k": 2, "durability": "preferred"}))
+    assert cfg.synchronous == SyncSettings("quorum", 2, "preferred") and cfg.synchronous.quorum
+    assert config_from_dict(agent_config(synchronous={"mode": False})).synchronous.mode == "off"  # YAML's bare off
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        ({"mode": "sync"}, "synchronous.mode: expected one of off, quorum, got 'sync'"),
+        ({"mode": "quorum", "k": 0}, "synchronous.k: expected a whole number >= 1"),
+        ({"k": 1.5}, "synchronous.k: expected a whole number >= 1"),
+        ({"k": True}, "synchronous.k"),
+        ({"durability": "strict"}, "synchronous.durability: expected one of required, preferred"),
+        ({"quorum": 1}, "synchronous.quorum: unknown setting (known: durability, k, mode)"),
+        ("quorum", "synchronous: expected a mapping"),
+    ],
+)
+def test_bad_synchronous_settings_name_the_field(raw: object, needle: str) -> None:
+    from pgquorum.agent.config import ConfigError, config_from_dict, validate_dynamic
+
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(agent_config(synchronous=raw))
+    assert needle in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        validate_dynamic({"synchronous": raw})
+    assert needle in str(err.value)
+
+
+def test_dynamic_synchronous_overrides_the_agents_own() -> None:
+    from pgquorum.agent.config import config_from_dict, effective_dynamic, effective_sync, validate_dynamic
+
+    cfg = config_from_dict(agent_config(synchronous={"mode": "quorum", "k": 2}))
+    assert validate_dynamic({"synchronous": {"k": 3}}) == {"synchronous": {"k": 3}}  # partial PATCH
+    assert effective_sync(cfg, {"synchronous": {"k": 3}}) == SyncSettings("quorum", 3, "required")
+    assert effective_sync(cfg, {"synchronous": {"mode": "off"}}).mode == "off"
+    assert effective_sync(cfg, {"synchronous": {"k": -1}}) == cfg.synchronous  # bad etcd value: ignored
+    assert effective_dynamic(cfg, None)["synchronous"] == {"mode": "quorum", "k": 2, "durability": "required"}
+
+
+def test_generated_config_carries_and_reads_back_the_standby_names() -> None:
+    from pathlib import Path
+
+    from pgquorum.agent.config import PostgresSettings
+    from pgquorum.agent.postgres.conf import read_standby_names, render_conf
+
+    settings = PostgresSettings(data_dir=Path("/d"), bin_dir=Path("/b"), parameters={"synchronous_standby_names": "*"})
+    value = 'ANY 1 (b, "missing:1")'
+    text, ignored = render_conf(settings, "a", Path("/s"), Path("/p"), None, value)
+    assert "synchronous_standby_names" in ignored  # owned by the resolver, never the user's
+    assert read_standby_names(text) == value
+    standby, _ = render_conf(settings, "a", Path("/s"), Path("/p"), None)
+    assert read_standby_names(standby) == ""
+    assert "synchronous_standby_names = ''" in standby
+
+
+def test_sync_record_json() -> None:
+    r = SyncRecord("a", 1, ("c", "b"), mod_revision=3)
+    back = SyncRecord.from_json(r.to_json(), mod_revision=3)
+    assert back == SyncRecord("a", 1, ("b", "c"), 3)
+    for bad in ('{"leader": "a", "k": -1, "voters": []}', '{"k": 1, "voters": "b"}', '{"k": true}'):
+        with pytest.raises(ValueError):
+            SyncRecord.from_json(bad)
