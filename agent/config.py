@@ -152,6 +152,7 @@ def sync_settings(raw: Any, base: SyncSettings | None = None, where: str = "sync
         return base
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping like {{mode: quorum, k: 1, durability: required}}, got {raw!r}")
+    raw = {key: value for key, value in raw.items() if value is not None}  # None: keep the base value
     unknown = sorted(set(raw) - {"mode", "k", "durability"})
     if unknown:
         raise ConfigError(f"{where}.{unknown[0]}: unknown setting (known: durability, k, mode)")
@@ -362,7 +363,8 @@ def validate_dynamic(changes: dict[str, Any]) -> dict[str, Any]:
             continue
         if kind is dict:
             checked = sync_settings(value)  # raises ConfigError naming synchronous.<field>
-            out[key] = {name: getattr(checked, name) for name in value}  # partial: merged with etcd's
+            # partial, merged with etcd's; None removes one override (JSON merge patch)
+            out[key] = {name: None if value[name] is None else getattr(checked, name) for name in value}
             continue
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise ConfigError(f"{key}: expected a number >= 0, got {value!r}")

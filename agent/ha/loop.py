@@ -739,9 +739,11 @@ class HaLoop:
             raise ControlError(400, str(exc), field) from None
         cluster = self._control_cluster()
         current = cluster.config or {}
-        if isinstance(valid.get("synchronous"), dict) and isinstance(current.get("synchronous"), dict):
-            # a PATCH of one quorum setting keeps the others
-            valid["synchronous"] = {**current["synchronous"], **valid["synchronous"]}
+        if isinstance(valid.get("synchronous"), dict):
+            # a PATCH of one quorum setting keeps the others (a JSON merge patch: None removes one)
+            before = current.get("synchronous")
+            nested = {**(before if isinstance(before, dict) else {}), **valid["synchronous"]}
+            valid["synchronous"] = {k: v for k, v in nested.items() if v is not None} or None
         merged = {k: v for k, v in {**current, **valid}.items() if v is not None}
         try:
             with self._control_lock:

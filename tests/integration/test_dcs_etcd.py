@@ -19,7 +19,7 @@ import requests
 
 from pgquorum.agent.dcs.base import DCS, DCSError
 from pgquorum.agent.dcs.etcd import EtcdDCS
-from pgquorum.agent.model import HistoryEntry, LeaderStatus, MemberInfo, Role
+from pgquorum.agent.model import HistoryEntry, LeaderStatus, MemberInfo, Role, SyncRecord
 from pgquorum.local.etcd import EtcdServer
 from pgquorum.local.ports import free_port
 
@@ -275,6 +275,24 @@ def test_malformed_values(etcd: EtcdServer, cluster: str) -> None:
         a.get_cluster()
 
 
+def test_sync_record_compare_and_swap_by_the_leader_only(etcd: EtcdServer, cluster: str) -> None:
+    a, b = make(etcd, cluster, "a"), make(etcd, cluster, "b")
+    record = SyncRecord("a", 1, ("b", "c"))
+    assert not a.write_sync(record, 0)  # no leader key yet: nobody may write the quorum
+    assert a.acquire_leader("a", 0) == 1
+    assert not b.write_sync(SyncRecord("b", 1, ("a",)), 0)  # b does not hold the leader key
+    assert a.write_sync(record, 0)
+    stored = a.get_cluster().sync
+    assert stored is not None and (stored.leader, stored.k, stored.voters) == ("a", 1, ("b", "c"))
+    assert not a.write_sync(SyncRecord("a", 1, ("b",)), 0)  # stale: the key exists now
+    assert a.write_sync(SyncRecord("a", 1, ("b",)), stored.mod_revision)
+    assert a.get_cluster().sync.voters == ("b",)  # type: ignore[union-attr]
+    raw_put(etcd, f"/pgquorum/{cluster}/sync", "{broken")
+    broken = a.get_cluster().sync  # malformed: promises nothing, and can be overwritten
+    assert broken is not None and broken.k == 0 and broken.mod_revision > stored.mod_revision
+    assert a.write_sync(record, broken.mod_revision)
+
+
 # -- failures: always DCSError, always within about `timeout` --------------------------------------
 
 
@@ -293,6 +311,7 @@ ALL_CALLS: dict[str, Callable[[EtcdDCS], Any]] = {
     "append_history": lambda d: d.append_history(HistoryEntry(1, 1, "m1", None, "x", 0.0)),
     "get_history": lambda d: d.get_history(),
     "set_config": lambda d: d.set_config({}, 3),
+    "write_sync": lambda d: d.write_sync(SyncRecord("m1", 1, ("m2",)), 0),
 }
 
 

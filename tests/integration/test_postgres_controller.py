@@ -12,6 +12,7 @@ import signal
 import socket
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -398,3 +399,63 @@ def test_unreachable_sources_and_bad_states(make: Factory) -> None:
     b.stop()
     with pytest.raises(PostgresError, match="source"):
         b.rewind(nowhere, timeout=20)
+
+
+def test_synchronous_standby_names_lifecycle(make: Factory) -> None:
+    """Quorum commit's postgres side: set and verified on a primary, observed, kept across a restart,
+    set on a standby before its promotion, cleared by every standby configuration."""
+    a, b = primary_with_standby(make)
+    a.set_standby_names('ANY 1 (b, "missing:1")')
+    assert sql(a, "SHOW synchronous_standby_names") == [('ANY 1 (b, "missing:1")',)]
+    assert "synchronous_standby_names = 'ANY 1 (b, \"missing:1\")'" in (a.data_dir / "pgquorum.conf").read_text()
+    sql(a, "CREATE TABLE q (v int); INSERT INTO q VALUES (1)")  # b confirms: the commit returns
+    obs = a.sync_observation()
+    assert obs.standby_names == 'ANY 1 (b, "missing:1")' and obs.flush_lsn and obs.change_lsn
+    assert [(s.name, s.state) for s in obs.standbys] == [("b", "streaming")]
+    assert a.sync_observation().change_lsn == obs.change_lsn  # measured once per setting
+
+    # k beyond the names that confirm: commits wait, and return once the setting allows them.
+    a.set_standby_names('ANY 2 (b, "missing:1")')
+    done = threading.Event()
+
+    def commit() -> None:
+        sql(a, "INSERT INTO q VALUES (2)")
+        done.set()
+
+    threading.Thread(target=commit, daemon=True).start()
+    assert not done.wait(1.5)
+    a.set_standby_names("ANY 1 (b)")
+    assert done.wait(10)
+
+    # Kept across a restart of the primary (a new controller, as after an agent restart, reads it back).
+    assert a.stop() is True and a.start(timeout=30) is True
+    assert sql(a, "SHOW synchronous_standby_names") == [("ANY 1 (b)",)]
+    assert PostgresController(a.settings, "a").standby_names == "ANY 1 (b)"
+
+    # Set on the standby before promotion: in force from the first write on.
+    assert b.standby_names == ""
+    b.set_standby_names("ANY 1 (a)")
+    assert sql(b, "SHOW synchronous_standby_names") == [("ANY 1 (a)",)]
+    assert a.stop() is True
+    assert b.promote(timeout=10) is True
+    assert sql(b, "SHOW synchronous_standby_names") == [("ANY 1 (a)",)]
+
+    # The former primary rejoins: its copy of the setting is gone, and it confirms b's commits.
+    assert a.rewind(up(b), timeout=60) is True
+    assert a.standby_names == "" and "synchronous_standby_names = ''" in (a.data_dir / "pgquorum.conf").read_text()
+    assert a.start(timeout=30) is True
+    wait_until(lambda: a.state().streaming, what="a streaming from b")
+    sql(b, "INSERT INTO q VALUES (3)")  # waits for a
+    assert sql(a, "SHOW synchronous_standby_names") == [("",)]
+    b.prepare_peer_access()
+    position = b.peer_wal_position(up(a), timeout=2)
+    assert position is not None and position >= (a.state().replayed_lsn or 0)
+
+    # A value set elsewhere (ALTER SYSTEM wins over our file) is reported, not silently ignored.
+    sql(b, "ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (zzz)'")
+    sql(b, "SELECT pg_reload_conf()")
+    with pytest.raises(PostgresError, match="ALTER SYSTEM"):
+        b.set_standby_names("ANY 1 (a)", timeout=1.0)
+    sql(b, "ALTER SYSTEM RESET synchronous_standby_names")
+    sql(b, "SELECT pg_reload_conf()")
+    b.set_standby_names("ANY 1 (a)")

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -206,6 +207,22 @@ def kill_rounds(c: LocalCluster, rounds: int, first_id: int) -> list[float]:
     return gaps
 
 
+def patch_config(c: LocalCluster, api: str, sync: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    token = (c.data_dir / "secrets" / "api-token").read_text().strip()
+    req = urllib.request.Request(
+        api + "/config",
+        method="PATCH",
+        data=json.dumps({"synchronous": sync}).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            body = json.loads(resp.read())
+            return resp.status, body["config"]["synchronous"]
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
 def test_quorum_state_is_visible(cluster: LocalCluster) -> None:
     s = wait_for(lambda: quorum_steady(cluster), 60, "steady quorum")
     leader = next(m for m in s["members"] if m["role"] == "leader")
@@ -220,6 +237,14 @@ def test_quorum_state_is_visible(cluster: LocalCluster) -> None:
         text = resp.read().decode()
     assert any(line.startswith("pgquorum_sync_quorum{") and line.endswith(" 1.0") for line in text.splitlines())
     assert any(line.startswith("pgquorum_sync_postgres_k{") and line.endswith(" 1.0") for line in text.splitlines())
+    # Dynamic: one field changes, the others stay; None removes the override; bad values name the field.
+    assert patch_config(cluster, leader["api_url"], {"durability": "preferred"}) == (
+        200,
+        {"mode": "quorum", "k": 1, "durability": "preferred"},
+    )
+    assert patch_config(cluster, leader["api_url"], {"durability": None})[1]["durability"] == "required"
+    status_code, error = patch_config(cluster, leader["api_url"], {"k": 0})
+    assert status_code == 400 and error["field"] == "synchronous.k" and "whole number >= 1" in error["error"]
     for name in replicas:  # a replica's postgres never carries a quorum of its own
         port = next(m["pg_port"] for m in s["members"] if m["name"] == name)
         with psycopg.connect(member_dsn(cluster, port), autocommit=True) as conn:

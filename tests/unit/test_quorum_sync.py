@@ -634,3 +634,11 @@ def test_sync_record_json() -> None:
     for bad in ('{"leader": "a", "k": -1, "voters": []}', '{"k": 1, "voters": "b"}', '{"k": true}'):
         with pytest.raises(ValueError):
             SyncRecord.from_json(bad)
+
+
+def test_a_merge_patch_may_remove_one_synchronous_override() -> None:
+    from pgquorum.agent.config import validate_dynamic
+
+    assert validate_dynamic({"synchronous": {"k": None, "mode": "quorum"}}) == {
+        "synchronous": {"k": None, "mode": "quorum"}
+    }
