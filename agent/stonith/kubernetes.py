@@ -8,7 +8,8 @@ Steps, all within the hook's timeout:
 
 1. ``taint_node`` only: ``GET`` the pod to learn ``spec.nodeName``;
 2. ``DELETE /api/v1/namespaces/<ns>/pods/<pod>?gracePeriodSeconds=0`` (body: ``DeleteOptions``
-   with ``gracePeriodSeconds: 0``). 200/202 = deleted; **404 = already gone, counts as fenced**;
+   with ``gracePeriodSeconds: 0``). 200/202 = deleted; **404 = already gone, counts as fenced** —
+   only a Kubernetes ``Status`` saying NotFound for this pod, not any 404 (a wrong ``api_url``);
 3. ``taint_node`` only: add ``node.kubernetes.io/out-of-service=nodeshutdown:NoExecute`` to the
    node with a merge patch guarded by the node's ``resourceVersion`` (retried on 409 conflict).
 
@@ -124,6 +125,24 @@ def _namespace(hook: KubernetesHook) -> str:
     return ns
 
 
+def _pod_gone(status: int, obj: dict[str, Any], pod: str, path: str) -> bool:
+    """404 from the apiserver about this very pod. Any other 404 (a wrong api_url hitting another
+    HTTP server, a proxy) must not pass for "already fenced"."""
+    if status != 404:
+        return False
+    details = obj.get("details") or {}
+    if (
+        obj.get("kind") == "Status"
+        and obj.get("reason") == "NotFound"
+        and details.get("kind", "pods") == "pods"
+        and details.get("name", pod) == pod
+    ):
+        return True
+    raise HookFailure(
+        Outcome.FAILED, f"{path} -> 404 without a Kubernetes NotFound status for pod {pod!r}: is api_url right?"
+    )
+
+
 def _taint(api: _Api, node: str) -> str:
     path = f"/api/v1/nodes/{quote(node, safe='')}"
     for _ in range(CONFLICT_RETRIES):
@@ -158,15 +177,15 @@ def run_kubernetes(hook: KubernetesHook, request: FenceRequest, environ: Mapping
     node: str | None = None
     if hook.taint_node:
         status, obj = api.call("GET", pod_path)
-        if status == 404:
+        if _pod_gone(status, obj, pod, pod_path):
             return f"pod {namespace}/{pod} already gone (node unknown, not tainted)"
         node = (obj.get("spec") or {}).get("nodeName")
-    status, _ = api.call(
+    status, obj = api.call(
         "DELETE",
         pod_path + "?gracePeriodSeconds=0",
         {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0, "propagationPolicy": "Background"},
     )
-    if status == 404:
+    if _pod_gone(status, obj, pod, pod_path):
         text = f"pod {namespace}/{pod} already gone"
     elif status == 409:
         raise HookFailure(Outcome.FAILED, f"DELETE {pod_path}: conflict (409)")

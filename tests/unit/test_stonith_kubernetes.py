@@ -49,8 +49,19 @@ class Apiserver:
         if path[1:4] == ["api", "v1", "namespaces"] and path[5] == "pods":
             key = f"{path[4]}/{path[6]}"
             pod = self.pods.get(key)
-            if pod is None:
-                return Reply(404, {"kind": "Status", "reason": "NotFound", "code": 404})
+            if pod is None:  # what kube-apiserver answers
+                return Reply(
+                    404,
+                    {
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "status": "Failure",
+                        "message": f'pods "{path[6]}" not found',
+                        "reason": "NotFound",
+                        "details": {"name": path[6], "kind": "pods"},
+                        "code": 404,
+                    },
+                )
             if req.method == "DELETE":
                 del self.pods[key]
             return Reply(200, pod)
@@ -121,6 +132,18 @@ def test_a_pod_already_gone_counts_as_fenced(server: RecordingServer, api: Apise
     result = fence(server, token)
     assert result.outcome is Outcome.OK
     assert result.message == "pod db/pg-0 already gone"
+
+
+def test_a_404_that_is_not_the_apiserver_speaking_does_not_count(token: Path) -> None:
+    # A wrong api_url (some other HTTP server) answers 404 for everything: that is not "pod gone".
+    srv = RecordingServer(lambda req: Reply(404, b"<html>Not Found</html>"))
+    try:
+        result = fence(srv, token)
+        tainted = fence(srv, token, taint_node=True)
+    finally:
+        srv.close()
+    assert result.outcome is Outcome.FAILED and "404 without a Kubernetes NotFound status" in result.message
+    assert tainted.outcome is Outcome.FAILED and "is api_url right?" in tainted.message
 
 
 def test_pod_name_template(server: RecordingServer, api: Apiserver, token: Path) -> None:
