@@ -240,3 +240,18 @@ def may_keep_serving(
         f"term {term}, {needed} are needed: a majority could elect another primary, fence now.",
         deadline,
     )
+
+
+def serving_deadline(lease_deadline: float | None, verdict: KeepServing, *, require_majority: bool) -> float | None:
+    """The instant the primary must have stopped accepting writes (None: now).
+
+    ``require_majority`` (recommended; promises renewed every loop): only the majority of
+    promises counts, so a primary cut off from most voters fences even while etcd renews its
+    lease -- 2 data + 1 witness stops writes after losing two. Without it the promises only
+    extend the lease (``last_renew_sent + ttl - safety_margin``) while etcd is unreachable.
+    Either way this is safe only if every promotion goes through a winning ``tally``.
+    """
+    if require_majority:
+        return verdict.deadline
+    candidates = [d for d in (lease_deadline, verdict.deadline) if d is not None]
+    return max(candidates) if candidates else None

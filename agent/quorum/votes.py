@@ -12,8 +12,8 @@ etcd keys
 
 ``/<prefix>/<cluster>/votes/<term>/<voter>`` -- JSON ``Vote``, written by the *voter* itself in a
 transaction ``create_revision == 0`` (create once), no lease. The key is the real guard against
-voting twice; ``decide_vote`` only refuses early and explains. Keys of terms <= the current term
-counter are settled elections and may be deleted by the leader.
+voting twice (``confirm_vote`` reads the outcome); ``decide_vote`` only refuses early and explains.
+Keys of terms <= the current term counter are settled elections and may be deleted by the leader.
 
 Agent-to-agent HTTP calls
 =========================
@@ -47,6 +47,11 @@ token); a malformed body is ``400 {"error": "<field>: <what is wrong>", "field":
 
 ``vote_response`` / ``promise_response`` build these (status, body) pairs from the decisions;
 ``read_vote_response`` / ``read_promise_response`` read them on the calling side.
+
+A voter handles ``POST /vote`` in this order, holding the same lock as for ``POST /promise``:
+``decide_vote`` -> on ``Grant``, ``record_vote`` into its memory -> create the key ->
+``confirm_vote`` with the value found if the key already existed -> answer. An etcd error while
+creating answers 503 ``etcd_unreachable`` and keeps the vote in memory (it may have been written).
 """
 
 from __future__ import annotations
@@ -268,6 +273,20 @@ def record_vote(memory: VoterMemory, vote: Vote) -> VoterMemory:
     if memory.vote_in(vote.term) is not None:
         return memory
     return replace(memory, votes_cast=tuple(sorted((*memory.votes_cast, (vote.term, vote.candidate)))))
+
+
+def confirm_vote(vote: Vote, stored: Vote | None) -> Grant | Refusal:
+    """After the create-once transaction: ``stored`` is the key's value when it already existed.
+
+    The key is the real guard: a voter that restarted may have forgotten a vote its key keeps.
+    """
+    if stored is None or stored.candidate == vote.candidate:
+        return Grant(stored or vote)
+    return Refusal(
+        RefusalCode.ALREADY_VOTED,
+        f"{vote.voter}'s vote key for term {vote.term} already names {stored.candidate} (cast before a "
+        f"restart?); one vote per voter per term, so none for {vote.candidate}.",
+    )
 
 
 @dataclass(frozen=True)
