@@ -19,18 +19,15 @@ A ``pgquorum local up`` option to set the timing and a per-member etcd
 endpoint would make step 2 unnecessary.  Switchover needs ``POST /switchover``
 (Bearer token from ``secrets/api-token``); it answered 501 on 2026-11-26.
 
-The ``pgquorum`` executable is ``$BENCH_PGQUORUM`` or the newest
-``/opt/pgquorum-cache/venv*/bin/pgquorum`` (``scripts/setup.sh`` builds it,
-readable by the postgres user) or the one on ``PATH``.
+The ``pgquorum`` executable is ``$BENCH_PGQUORUM`` or the one in the venv that
+``scripts/setup.sh`` (re)installs from this checkout (readable by the postgres user).
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -55,16 +52,16 @@ _TIMING_KEYS = ("ttl", "loop_wait", "retry_timeout")
 
 
 def find_pgquorum() -> str:
+    """``$BENCH_PGQUORUM``, else the venv ``scripts/setup.sh`` (re)builds from this checkout: the bench
+    must measure the code it is run from, not whatever a cached venv last installed."""
     env = os.environ.get("BENCH_PGQUORUM")
     if env:
         return env
-    cands = sorted(glob.glob("/opt/pgquorum-cache/venv*/bin/pgquorum"), key=os.path.getmtime, reverse=True)
-    if cands:
-        return cands[0]
-    found = shutil.which("pgquorum")
-    if found:
-        return found
-    raise RuntimeError("no pgquorum executable: run scripts/setup.sh (or set BENCH_PGQUORUM)")
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(["bash", str(repo / "scripts" / "setup.sh")], capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"scripts/setup.sh failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+    return str(Path(proc.stdout.strip().splitlines()[-1]) / "bin" / "pgquorum")
 
 
 class PgquorumSystem(System):
