@@ -201,20 +201,27 @@ def may_keep_serving(
     *,
     me: str,
     term: int,
+    since_term: int | None = None,
 ) -> KeepServing:
     """May the primary ``me`` of ``term`` keep accepting writes at ``now`` on its voters' promises?
 
     ``promises`` are the primary's copies: ``granted_at`` is the *send* time of the renewal
     request each one answered. Each counts until ``granted_at + min(ttl, timing.ttl) -
     safety_margin``. The primary counts itself when it is a voting member (it does not vote
-    for anyone else while it serves); promises for another primary or term, or from
-    non-members, do not count.
+    for anyone else while it serves); promises to another primary or from non-members do not.
+
+    ``since_term``: the first term of this primary's unbroken leadership (default ``term``).
+    A primary that won the next term for itself -- say its key expired while etcd was away --
+    still counts the promises of its earlier terms until the new ones arrive: no other primary
+    held a term in between, so none can have replaced them. Older promises never count: a
+    voter replaces a promise when a newer term's primary asks.
     """
     members = list(dict.fromkeys(voting_members))
     needed = majority(len(members))
+    first = term if since_term is None else since_term
     until: dict[str, float] = {}
     for p in promises:
-        if p.primary != me or p.term != term or p.voter == me or p.voter not in members:
+        if p.primary != me or not first <= p.term <= term or p.voter == me or p.voter not in members:
             continue
         end = p.granted_at + min(p.ttl, timing.ttl) - timing.safety_margin
         until[p.voter] = max(until.get(p.voter, -math.inf), end)

@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 
 from pgquorum.agent.config import Timing
 from pgquorum.agent.quorum.failsafe import (
+    KeepServing,
     Promise,
     PromiseRequest,
     VoterMemory,
@@ -60,6 +61,7 @@ class Node:
     view: tuple[int, str | None] | None = None  # (term, leader) of its last etcd read since start
     state: str = "standby"  # standby | elected (holds the key, not yet writable) | primary
     term_led: int | None = None
+    since_term: int | None = None  # first term of its unbroken leadership
     last_renew_sent: float | None = None
     promises: dict[str, Promise] = field(default_factory=dict)  # primary's copies, dated at send time
     incarnation: int = 0
@@ -108,7 +110,7 @@ class World:
             nodes[name] = node
         w = cls(mode, now, nodes, Etcd(lease_until=now + TIMING.ttl), elected={1: {primary}})
         p = nodes[primary]
-        p.state, p.term_led, p.last_renew_sent = "primary", 1, now
+        p.state, p.term_led, p.since_term, p.last_renew_sent = "primary", 1, 1, now
         for name, node in nodes.items():
             if name != primary:
                 node.memory, answer = grant_promise(node.memory, PromiseRequest(primary, 1), now)
@@ -130,10 +132,16 @@ class World:
 
     def deadline(self, n: Node) -> float:
         assert n.term_led is not None
-        verdict = may_keep_serving(n.promises.values(), self.names, self.now, TIMING, me=n.name, term=n.term_led)
+        verdict = self.verdict(n)
         lease = n.last_renew_sent + TIMING.fence_after() if n.last_renew_sent is not None else None
         deadline = serving_deadline(lease, verdict, require_majority=self.mode == "quorum")
         return deadline if deadline is not None else -math.inf
+
+    def verdict(self, n: Node) -> KeepServing:
+        assert n.term_led is not None
+        return may_keep_serving(
+            n.promises.values(), self.names, self.now, TIMING, me=n.name, term=n.term_led, since_term=n.since_term
+        )
 
     def writable(self, n: Node) -> bool:
         return n.alive and n.state == "primary" and self.now < self.deadline(n)
@@ -160,9 +168,9 @@ class World:
         newest = max(self.elected)
         for p in writers:
             assert p.term_led == newest, f"{p.name} (term {p.term_led}) writable after term {newest} was elected"
-            for term in vote_terms:  # (b)
+            for term in vote_terms:  # (b); the primary itself may win the next term (its key expired)
                 if term > p.term_led:
-                    assert not self.majorities(term), (
+                    assert not self.majorities(term) - {p.name}, (
                         f"{self.majorities(term)} collected a majority for term {term} while {p.name} "
                         f"of term {p.term_led} may still serve"
                     )
@@ -182,7 +190,7 @@ class World:
     def fence(self, n: Node) -> None:
         if self.reaches_etcd(n) and self.etcd.leader == n.name:
             self.etcd.leader = None  # quorum mode: let the majority elect someone
-        n.state, n.term_led, n.last_renew_sent, n.promises = "standby", None, None, {}
+        n.state, n.term_led, n.since_term, n.last_renew_sent, n.promises = "standby", None, None, None, {}
 
     def loop(self, name: str) -> None:
         n = self.nodes[name]
@@ -214,10 +222,7 @@ class World:
     def maybe_promote(self, n: Node) -> None:
         if n.state != "elected" or n.term_led is None:
             return
-        if (
-            self.mode == "failsafe"
-            or may_keep_serving(n.promises.values(), self.names, self.now, TIMING, me=n.name, term=n.term_led).allowed
-        ):
+        if self.mode == "failsafe" or self.verdict(n).allowed:
             n.state = "primary"
             n.timeline = max(x.timeline for x in self.nodes.values()) + 1
 
@@ -247,8 +252,12 @@ class World:
         )
 
     def can_elect(self, name: str) -> bool:
+        """A standby data member, or a primary whose key expired (etcd was away) re-running for itself."""
         c = self.nodes[name]
-        return c.alive and not c.witness and c.state == "standby" and self.reaches_etcd(c)
+        if not c.alive or c.witness or not self.reaches_etcd(c):
+            return False
+        lost_key = c.state == "primary" and self.etcd.leader is None and self.etcd.term == c.term_led
+        return c.state == "standby" or lost_key
 
     def elect(self, name: str, lost: int = 0) -> bool:
         """``name`` runs an election for the next term.
@@ -280,7 +289,10 @@ class World:
             self.check()
             return False
         e.term, e.leader, e.lease_until = term, name, self.now + TIMING.ttl
-        c.state, c.term_led, c.last_renew_sent, c.promises = "elected", term, self.now, {}
+        if c.state == "primary":  # re-elected: its earlier promises bind voters to it until renewed
+            c.term_led, c.last_renew_sent = term, self.now
+        else:
+            c.state, c.term_led, c.since_term, c.last_renew_sent, c.promises = "elected", term, term, self.now, {}
         c.view = (term, name)
         self.elected.setdefault(term, set()).add(name)
         self.maybe_promote(c)
@@ -303,7 +315,13 @@ class World:
         if not self.linked(msg.primary, msg.voter):
             return
         v.memory, result = grant_promise(v.memory, PromiseRequest(msg.primary, msg.term), self.now)
-        current = p.incarnation == msg.incarnation and p.term_led == msg.term and p.state != "standby"
+        current = (
+            p.incarnation == msg.incarnation
+            and p.state != "standby"
+            and p.since_term is not None
+            and p.term_led is not None
+            and p.since_term <= msg.term <= p.term_led
+        )
         if isinstance(result, Promise) and not answer_lost and current:
             p.promises[msg.voter] = Promise(msg.voter, msg.primary, msg.term, msg.sent_at, result.ttl)
             self.maybe_promote(p)
@@ -315,7 +333,8 @@ class World:
 
     def crash(self, name: str) -> None:
         n = self.nodes[name]
-        n.alive, n.state, n.term_led, n.last_renew_sent, n.promises = False, "standby", None, None, {}
+        n.alive = False
+        n.state, n.term_led, n.since_term, n.last_renew_sent, n.promises = "standby", None, None, None, {}
         self.check()
 
     def restart(self, name: str) -> None:
@@ -339,6 +358,9 @@ class World:
                     self.send_promises(n.name)
             while self.inflight:
                 self.deliver(0)
+            for n in self.writers():
+                if self.can_elect(n.name):
+                    self.elect(n.name)  # etcd is back and our key expired meanwhile
             if self.etcd.leader is None and not self.writers():
                 data = [n for n in self.nodes.values() if n.alive and not n.witness and self.reaches_etcd(n)]
                 if data:

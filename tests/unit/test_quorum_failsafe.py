@@ -180,6 +180,14 @@ def test_a_primary_that_is_not_a_voting_member_does_not_count_itself() -> None:
     assert keep([promise("b", 10.0), promise("c", 10.0)], 11.0, ("b", "c", "w")).allowed
 
 
+def test_a_primary_re_elected_for_itself_counts_its_earlier_terms_promises() -> None:
+    earlier = [promise("b", 10.0, term=7), promise("w", 10.0, term=6)]
+    assert not may_keep_serving(earlier, FIVE, 11.0, TIMING, me="a", term=8).allowed
+    verdict = may_keep_serving(earlier, FIVE, 11.0, TIMING, me="a", term=8, since_term=6)
+    assert verdict.allowed and verdict.deadline == 12.5
+    assert not may_keep_serving(earlier, FIVE, 11.0, TIMING, me="a", term=8, since_term=7).allowed
+
+
 def test_serving_deadline_with_and_without_the_majority_rule() -> None:
     held = KeepServing(True, "", 12.5)
     lost = KeepServing(False, "", None)
@@ -405,3 +413,24 @@ def test_a_restarted_voter_votes_for_nobody_while_its_forgotten_promise_may_bind
     w.loop("b")
     assert not w.elect("c"), "b votes for nobody during its first ttl"
     assert w.writable(w.nodes["a"])
+
+
+@pytest.mark.parametrize("mode", ["quorum", "failsafe"])
+def test_etcd_down_for_everyone_then_back_the_primary_serves_throughout(mode: Mode) -> None:
+    """The failsafe's purpose: an etcd outage longer than ttl costs no write availability."""
+    w = World.start(("a", "b"), ("w",), mode=mode)
+    w.etcd.up = False
+    for _ in range(4 * int(TIMING.ttl)):
+        tick(w, 0.5)
+        renew(w, "a", {"b", "w"})
+        assert [n.name for n in w.writers()] == ["a"]
+    w.etcd.up = True
+    assert w.etcd.leader is None and w.etcd.term == 1, "the key expired during the outage"
+    for _ in range(4):
+        tick(w, 0.5)
+        renew(w, "a", {"b", "w"})
+        if w.can_elect("a"):
+            assert w.elect("a"), "a's voters promised it, so they vote for it"
+        assert [n.name for n in w.writers()] == ["a"], "serving on its term-1 promises meanwhile"
+    a = w.nodes["a"]
+    assert (w.etcd.leader, w.etcd.term, a.term_led, a.since_term, a.state) == ("a", 2, 2, 1, "primary")
