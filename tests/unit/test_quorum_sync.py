@@ -642,3 +642,45 @@ def test_a_merge_patch_may_remove_one_synchronous_override() -> None:
     assert validate_dynamic({"synchronous": {"k": None, "mode": "quorum"}}) == {
         "synchronous": {"k": None, "mode": "quorum"}
     }
+
+
+# -- metrics and status ------------------------------------------------------------------------------
+
+
+def test_metrics_export_the_quorum() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from pgquorum.agent.ha.decide import Decision
+    from pgquorum.agent.ha.loop import LoopView
+    from pgquorum.agent.metrics import AgentMetrics
+
+    m = AgentMetrics("a", "main", T, lambda: 101.0)
+    c = replace(cluster("a", rec(1, "b", "c")), members=(member("a"), member("b"), member("c")))
+    obs = SyncObservation("ANY 1 (b, c)", 1000, 1000)
+    decision = Decision((), "t", Role.LEADER, Memory(leader_term=3, last_renew_sent=100.0))
+    m.observe_loop(LoopView(c, PRIMARY, decision, True, 101.0, obs, QUORUM), 0.01, 101.0)
+    m.count_quorum_refusal()
+    m.count_unproven_promotion()
+    values = {}
+    for family in text_string_to_metric_families(m.render()[0].decode()):
+        for s in family.samples:
+            values[(s.name, s.labels.get("voter"))] = s.value
+    assert values[("pgquorum_sync_quorum", None)] == 1
+    assert values[("pgquorum_sync_voters", None)] == 2
+    assert values[("pgquorum_sync_voter", "b")] == 1 and values[("pgquorum_sync_voter", "c")] == 1
+    assert values[("pgquorum_sync_postgres_k", None)] == 1
+    assert values[("pgquorum_quorum_promotion_refused_total", None)] == 1
+    assert values[("pgquorum_quorum_unproven_promotions_total", None)] == 1
+
+
+def test_status_says_whether_a_failover_could_prove_the_quorum() -> None:
+    from pgquorum.agent.quorum.status import sync_status
+
+    streaming = (member("a"), member("b", received_lsn=900), member("c", received_lsn=950))
+    c = replace(cluster("a", rec(1, "b", "c")), members=streaming)
+    body = sync_status(QUORUM, c)
+    assert body["record"] == {"leader": "a", "k": 1, "voters": ["b", "c"], "reads": 2} and body["provable"]
+    one_down = replace(c, members=(*streaming[:2], member("c", role=Role.STOPPED)))
+    body = sync_status(QUORUM, one_down)
+    assert not body["provable"] and "must read 2 voters (n-k+1), only 1 up (b); missing c" in body["reason"]
+    assert "no quorum record" in sync_status(QUORUM, cluster("a", None))["reason"]
