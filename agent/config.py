@@ -346,6 +346,7 @@ def with_timing(cfg: AgentConfig, **changes: float) -> AgentConfig:
 DYNAMIC_SETTINGS: dict[str, type] = {
     "maximum_lag_on_failover": int,
     "primary_start_timeout": float,
+    "member_slots_ttl": float,
     "synchronous": dict,  # {mode, k, durability}; a PATCH may change one of them
 }
 STATIC_HINT = "timing and postgres settings are per agent: change them in each agent's config and restart it"
@@ -379,6 +380,7 @@ def effective_dynamic(cfg: AgentConfig, overrides: dict[str, Any] | None) -> dic
     values: dict[str, Any] = {
         "maximum_lag_on_failover": cfg.postgres.maximum_lag_on_failover,
         "primary_start_timeout": cfg.postgres.primary_start_timeout,
+        "member_slots_ttl": 1800.0,
     }
     sync = cfg.synchronous
     for key, value in (overrides or {}).items():

@@ -50,6 +50,9 @@ class Memory:
     last_renew_sent: float | None = None  # send time of the last renewal that kept our leader key
     pg_down_since: float | None = None  # leader only: when postgres was first seen down
     leaderless_since: float | None = None  # when this agent first saw no leader key (election timing)
+    # (member, last seen) of data members the leader keeps a replication slot for: a member whose key
+    # lapsed for a while (killed, restarting, a long rewind) still finds its WAL when it comes back.
+    slot_seen: tuple[tuple[str, float], ...] = ()
     leading_since: float | None = None  # first loop that saw us hold the leader key (quorum settling)
 
 
@@ -66,6 +69,7 @@ class Inputs:
     nofailover: bool = False
     maximum_lag_on_failover: int = 1024 * 1024
     primary_start_timeout: float = 10.0
+    member_slots_ttl: float = 1800.0  # keep a departed member's slot this long (Patroni's member_slots_ttl)
     wall: float = 0.0  # unix time: only to compare with operators' request times, never for leases
     command: str | None = None  # operator command for this member: "restart" | "reinitialize"
     sync: SyncSettings = field(default_factory=SyncSettings)  # quorum commit settings in force
@@ -306,7 +310,9 @@ def _lead(inp: Inputs, cluster: ClusterState) -> Decision:
             again=True,
         )
     others = tuple(x.name for x in cluster.members if x.name != inp.me and not x.witness)
-    status = PublishStatus(cluster.term, pg.timeline or 0, pg.wal_lsn or 0, others)
+    slots, seen = slot_members(others, m.slot_seen, inp.now, inp.member_slots_ttl)
+    m = replace(m, slot_seen=seen)
+    status = PublishStatus(cluster.term, pg.timeline or 0, pg.wal_lsn or 0, slots)
     plan = sync_plan(inp, cluster)
     steady = Decision(
         (status, *(plan.transitions if plan else ())),
@@ -522,6 +528,16 @@ def _freshest(p: PeerStatus) -> int | None:
     """A peer's WAL position for the quorum check: its own postgres's answer if we got one."""
     known = [x for x in (p.lsn if p.reachable else None, p.direct_lsn) if x is not None]
     return max(known) if known else None
+
+
+def slot_members(
+    current: tuple[str, ...], seen: tuple[tuple[str, float], ...], now: float, ttl: float
+) -> tuple[tuple[str, ...], tuple[tuple[str, float], ...]]:
+    """The members the leader keeps slots for: present ones, and departed ones seen within ``ttl``."""
+    last = {name: at for name, at in seen if now - at <= ttl}
+    last.update({name: now for name in current})
+    kept = tuple(sorted(last.items()))
+    return tuple(name for name, _ in kept), kept
 
 
 def ineligibility(

@@ -72,7 +72,9 @@ log = logging.getLogger("pgquorum.ha")
 
 CLONE_SECONDS = 600.0
 REWIND_SECONDS = 300.0
-STANDBY_START_SECONDS = 60.0
+# A standby that is not ready within this keeps replaying while the loop goes on (renewing its member
+# key, so the leader keeps its slot; decide() sees "starting up"): blocking longer helps nobody.
+STANDBY_START_SECONDS = 5.0
 # Upper bounds of the actions that may legitimately keep one loop busy for minutes.
 LONG_ACTION_SECONDS: dict[type, float] = {
     Bootstrap: 180.0,
@@ -80,7 +82,7 @@ LONG_ACTION_SECONDS: dict[type, float] = {
     Rejoin: REWIND_SECONDS + CLONE_SECONDS + STANDBY_START_SECONDS,
     Reinitialize: CLONE_SECONDS + STANDBY_START_SECONDS,
     StartPostgres: STANDBY_START_SECONDS,
-    RestartPostgres: 2 * STANDBY_START_SECONDS,  # stop (postgres.stop_timeout) then start
+    RestartPostgres: 120.0,  # stop (postgres.stop_timeout) then start
 }
 
 
@@ -229,6 +231,7 @@ class HaLoop:
             nofailover=self.cfg.nofailover,
             maximum_lag_on_failover=dynamic["maximum_lag_on_failover"],
             primary_start_timeout=dynamic["primary_start_timeout"],
+            member_slots_ttl=dynamic["member_slots_ttl"],
             wall=self.clock.wall(),
             command=command,
             sync=sync,
@@ -458,7 +461,7 @@ class HaLoop:
                 self.pg.stop(mode="fast", timeout=self.cfg.postgres.stop_timeout)
                 if not as_primary:
                     self.pg.prepare_standby(self.pg.configured_upstream())
-                self.pg.start(timeout=STANDBY_START_SECONDS)
+                self.pg.start(timeout=self.cfg.postgres.primary_start_timeout if as_primary else STANDBY_START_SECONDS)
             case Reinitialize(leader=leader):
                 upstream = self._upstream(cluster, leader)
                 assert upstream is not None

@@ -69,6 +69,15 @@ def test_leader_renews_and_publishes_status() -> None:
     assert d.memory.leader_term == 3 and d.memory.last_renew_sent == 99.9
 
 
+def test_leader_keeps_the_slot_of_a_member_whose_key_lapsed_until_member_slots_ttl() -> None:
+    first = decide(inputs(lease_renewed_at=99.9))
+    only_b = replace(cluster(), members=(member("a"), member("b")))  # c was killed: its key expired
+    later = decide(inputs(now=200.0, lease_renewed_at=199.9, cluster=only_b, memory=first.memory))
+    assert later.actions[0] == PublishStatus(3, 2, 1000, ("b", "c"))
+    gone = decide(inputs(now=100.0 + 1801.0, lease_renewed_at=1900.0, cluster=only_b, memory=later.memory))
+    assert gone.actions[0] == PublishStatus(3, 2, 1000, ("b",))
+
+
 def test_leader_fences_when_renewal_is_too_old() -> None:
     # Last renewal sent at 97.0: deadline 97 + 3 - 0.5 = 99.5 < now 100.
     d = decide(inputs(memory=Memory(leader_term=3, last_renew_sent=97.0)))
