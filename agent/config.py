@@ -186,6 +186,15 @@ class AgentConfig:
     log_level: str = "INFO"
     api: ApiSettings = field(default_factory=ApiSettings)
     synchronous: SyncSettings = field(default_factory=SyncSettings)  # default; etcd's dynamic config wins
+    # A voting member without PostgreSQL (DESIGN 2.5); ``postgres`` then holds unused defaults.
+    witness: bool = False
+    # Promotions need a majority of votes and the primary serves on a majority of promises (DESIGN
+    # 2.5). Every member of a cluster must agree: false is the lease-only mode (no witnesses).
+    quorum_votes: bool = True
+
+
+# What a witness's ``postgres`` holds: nothing on its path ever reads it (it runs no PostgreSQL).
+WITNESS_POSTGRES = PostgresSettings(data_dir=Path("/nonexistent/witness-has-no-pgdata"), bin_dir=Path("/nonexistent"))
 
 
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
@@ -232,7 +241,22 @@ def config_from_dict(data: dict[str, Any]) -> AgentConfig:
     if not isinstance(data, dict):
         raise ConfigError("configuration: expected a mapping at the top level")
     data = dict(data)
-    pg_raw = _need(data, "postgres", "")
+    witness = data.get("witness", False)
+    if not isinstance(witness, bool):
+        raise ConfigError(f"witness: expected true or false, got {witness!r}")
+    votes = data.get("quorum_votes", True)
+    if not isinstance(votes, bool):
+        raise ConfigError(f"quorum_votes: expected true or false, got {votes!r}")
+    if witness:
+        _refuse_for_witness(data)
+        postgres = WITNESS_POSTGRES
+    else:
+        postgres = _postgres_settings(_need(data, "postgres", ""))
+    data.pop("postgres", None)
+    return _agent_config(data, postgres, witness)
+
+
+def _postgres_settings(pg_raw: Any) -> PostgresSettings:
     if not isinstance(pg_raw, dict):
         raise ConfigError("postgres: expected a mapping (data_dir, bin_dir, port, ...)")
     pg_args = _typed(
@@ -259,7 +283,10 @@ def config_from_dict(data: dict[str, Any]) -> AgentConfig:
             f"postgres.bin_dir: {postgres.bin_dir} has no 'postgres' binary; "
             "point it at PostgreSQL's bin directory (e.g. /usr/lib/postgresql/15/bin)"
         )
+    return postgres
 
+
+def _agent_config(data: dict[str, Any], postgres: PostgresSettings, witness: bool) -> AgentConfig:
     timing_raw = data.pop("timing", None) or {}
     if not isinstance(timing_raw, dict):
         raise ConfigError("timing: expected a mapping (ttl, loop_wait, retry_timeout, safety_margin)")
@@ -289,7 +316,7 @@ def config_from_dict(data: dict[str, Any]) -> AgentConfig:
     host, sep, port = api_listen.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise ConfigError(f"api_listen: {api_listen!r} must be host:port, e.g. 127.0.0.1:8008")
-    rest = {k: v for k, v in data.items() if k not in {"postgres", "etcd_endpoints", "name", "cluster"}}
+    rest = {k: v for k, v in data.items() if k not in {"etcd_endpoints", "name", "cluster", "witness"}}
     known = {f.name for f in fields(AgentConfig)}
     unknown = sorted(set(rest) - known)
     if unknown:
@@ -304,11 +331,26 @@ def config_from_dict(data: dict[str, Any]) -> AgentConfig:
         timing=timing,
         api=api,
         synchronous=synchronous,
+        witness=witness,
         **{k: v for k, v in rest.items() if k not in {"api_listen", "api_url", "timing"}},
     )
     if not isinstance(cfg.nofailover, bool):
         raise ConfigError(f"nofailover: expected true or false, got {cfg.nofailover!r}")
     return cfg
+
+
+def _refuse_for_witness(data: dict[str, Any]) -> None:
+    """``witness: true``: a voting member without PostgreSQL; settings that only make sense beside a
+    PostgreSQL instance are refused by name rather than silently ignored."""
+    for key, why in (
+        ("postgres", "a witness runs no PostgreSQL; remove the postgres section"),
+        ("nofailover", "a witness is never promoted; remove nofailover"),
+        ("synchronous", "quorum commit is a data member's setting; remove it from the witness"),
+    ):
+        if key in data:
+            raise ConfigError(f"{key}: {why} (witness: true)")
+    if data.get("quorum_votes", True) is False:
+        raise ConfigError("quorum_votes: a witness only exists to vote; it cannot run with quorum_votes: false")
 
 
 def load_config(path: Path) -> AgentConfig:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -34,11 +33,9 @@ from prometheus_client.process_collector import ProcessCollector
 
 from pgquorum.agent.config import Timing
 from pgquorum.agent.ha.decide import Memory, fence_deadline
+from pgquorum.agent.ha.view import LoopView, view_role
 from pgquorum.agent.model import ClusterState, Role
 from pgquorum.agent.quorum.sync import parse_standby_names
-
-if TYPE_CHECKING:  # loop.py imports this module: no import of loop.py at module level
-    from pgquorum.agent.ha.loop import LoopView
 
 # Low-cardinality reasons for ``pgquorum_fencing_events_total{reason}``.
 FENCE_KINDS = ("dcs_unreachable", "lease_expired", "other_leader", "no_leader_key", "guard", "other")
@@ -122,13 +119,11 @@ def snapshot(
     ``memory`` is the agent's memory after the loop's actions (it can differ from the decision's,
     e.g. right after taking the leader key); it defaults to the decision's.
     """
-    from pgquorum.agent.ha.loop import role_of
-
     if memory is None:
         memory = view.decision.memory if view.decision is not None else Memory()
     cluster = view.cluster
     pg = view.pg
-    role = role_of(pg, memory, cluster, me)
+    role = view_role(view, memory, me)
     term = cluster.term if cluster is not None else memory.leader_term
     deadline = fence_deadline(memory.last_renew_sent, timing) if memory.leader_term is not None else None
     lag_bytes: int | None = None

@@ -10,7 +10,10 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # votes.py imports this module: the type only, never at run time
+    from pgquorum.agent.quorum.votes import Vote
 
 
 class Role(enum.StrEnum):
@@ -176,6 +179,25 @@ class SyncRecord:
 
 
 @dataclass(frozen=True)
+class VoterEntry:
+    """One voting member as registered under ``voters/<name>`` (created once, never on a lease)."""
+
+    name: str
+    witness: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps({"witness": self.witness}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, name: str, raw: str | bytes) -> VoterEntry:
+        data = json.loads(raw)
+        witness = data.get("witness", False) if isinstance(data, dict) else None
+        if not isinstance(witness, bool):
+            raise ValueError("witness: expected true or false")
+        return cls(name, witness)
+
+
+@dataclass(frozen=True)
 class ClusterState:
     """One consistent read of the cluster's keys in etcd (a single range request, one revision)."""
 
@@ -188,12 +210,23 @@ class ClusterState:
     config: dict[str, Any] | None = None  # dynamic settings (PATCH /config)
     switchover: SwitchoverRequest | None = None
     sync: SyncRecord | None = None  # quorum commit record (``sync`` key), None when absent
+    # Voting members (``voters/<name>``, no lease): a dead member keeps its vote counted, so losing
+    # two of 2 data + 1 witness stops writes instead of shrinking the majority (DESIGN 2.5).
+    voters: tuple[VoterEntry, ...] = ()
+    votes: tuple[Vote, ...] = ()  # vote keys present (``votes/<term>/<voter>``), any term
 
     def member(self, name: str) -> MemberInfo | None:
         for m in self.members:
             if m.name == name:
                 return m
         return None
+
+    def voting_members(self, me: str | None = None) -> tuple[str, ...]:
+        """Registered voters, plus ``me`` (an agent counts itself before its own key is read back)."""
+        names = {v.name for v in self.voters}
+        if me is not None:
+            names.add(me)
+        return tuple(sorted(names))
 
 
 @dataclass(frozen=True)

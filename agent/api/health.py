@@ -23,7 +23,7 @@ from typing import Any
 
 from pgquorum.agent.api.validate import LagLimit
 from pgquorum.agent.config import Timing
-from pgquorum.agent.ha.loop import LoopView
+from pgquorum.agent.ha.view import LoopView
 from pgquorum.agent.model import ClusterState, Role, lsn_to_str
 
 

@@ -53,7 +53,7 @@ from pgquorum.agent.clock import Clock
 from pgquorum.agent.config import AgentConfig, effective_sync
 from pgquorum.agent.ha.control import Accepted, Control, ControlError
 from pgquorum.agent.ha.decide import Memory
-from pgquorum.agent.ha.loop import LoopView, role_of
+from pgquorum.agent.ha.view import LoopView, view_role
 from pgquorum.agent.quorum.status import sync_status
 
 log = logging.getLogger("pgquorum.api")
@@ -284,7 +284,7 @@ class Api:
         snap = Snapshot(
             me=cfg.name,
             view=view,
-            role=role_of(view.pg, memory, view.cluster, cfg.name),
+            role=view_role(view, memory, cfg.name),
             lease_valid=loop.guard.lease_valid(),
             now=loop.clock.monotonic(),
             timing=cfg.timing,

@@ -15,6 +15,14 @@ Key layout under ``/<prefix>/<cluster>/`` (prefix defaults to ``pgquorum``):
 ``sync``            JSON SyncRecord ``{leader, k, voters}``: the quorum-commit promise (DESIGN
                     2.4), written only by the leader, by CAS on its mod revision in the same
                     transaction that checks the leader key still names the writer
+``voters/<name>``   JSON ``{"witness": bool}``: a voting member (DESIGN 2.5), created once by the
+                    member itself (create_revision == 0), no lease: a dead voter still counts, so
+                    the majority never shrinks with the members that died. Removed only by hand
+                    (one at a time, with every member of the old and new set agreeing)
+``votes/<t>/<v>``   JSON Vote: voter ``v``'s vote for term ``t``, created once by the voter in a
+                    transaction that also checks ``term == t - 1`` and no ``leader`` key; no lease.
+                    The winner's ``leader``+``term`` transaction checks every vote it counted is
+                    unchanged (mod_revision). The leader deletes the votes of terms <= its own
 ==================  ==========================================================================
 
 History entries live beside that range, under ``/<prefix>/<cluster>.history/<term, zero-padded>``,
@@ -27,6 +35,7 @@ loop can treat "etcd unreachable" as one state.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from pgquorum.agent.model import (
@@ -36,7 +45,9 @@ from pgquorum.agent.model import (
     MemberInfo,
     SwitchoverRequest,
     SyncRecord,
+    VoterEntry,
 )
+from pgquorum.agent.quorum.votes import Vote
 
 
 class DCSError(Exception):
@@ -74,12 +85,34 @@ class DCS(Protocol):
         """Delete ``initialize`` if it is still "" (our bootstrap failed, let another member try)."""
         ...
 
-    def acquire_leader(self, name: str, expected_term: int) -> int | None:
+    def acquire_leader(self, name: str, expected_term: int, votes: Sequence[tuple[str, int]] = ()) -> int | None:
         """Take the leader key and bump the term in one transaction.
 
-        Succeeds only if no leader key exists and ``term`` still equals ``expected_term``.
+        Succeeds only if no leader key exists and ``term`` still equals ``expected_term``, and, for
+        each ``(voter, mod_revision)`` in ``votes``, ``votes/<expected_term + 1>/<voter>`` is unchanged.
         Returns the new term (expected_term + 1) or None if another member won / the term moved.
         """
+        ...
+
+    def read_term_and_leader(self) -> tuple[int, str | None]:
+        """A fresh read of the term counter and the leader key's value (None: no leader)."""
+        ...
+
+    def create_vote(self, vote: Vote) -> tuple[bool, Vote | None]:
+        """Create ``votes/<vote.term>/<vote.voter>`` if absent, the term is still ``vote.term - 1``
+        and no leader key exists. Returns (created, the key's value when it already existed)."""
+        ...
+
+    def get_votes(self, term: int) -> list[tuple[Vote, int]]:
+        """Every vote of ``term`` with its key's mod_revision (malformed ones skipped)."""
+        ...
+
+    def delete_votes(self, up_to_term: int) -> int:
+        """Delete the vote keys of every term <= ``up_to_term`` (settled elections); returns how many."""
+        ...
+
+    def register_voter(self, entry: VoterEntry) -> bool:
+        """Create ``voters/<name>`` if absent. True if created now."""
         ...
 
     def release_leader(self, name: str) -> bool:

@@ -38,7 +38,9 @@ from pgquorum.agent.model import (
     MemberInfo,
     SwitchoverRequest,
     SyncRecord,
+    VoterEntry,
 )
+from pgquorum.agent.quorum.votes import Vote
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,13 @@ def _put(key: str, value: str, lease: int = 0) -> Json:
 
 def _delete(key: str) -> Json:
     return {"request_delete_range": {"key": _b64(key)}}
+
+
+def _range_op(key: str, prefix: bool = False) -> Json:
+    body: Json = {"key": _b64(key)}
+    if prefix:
+        body["range_end"] = _range_end_b64(key)
+    return {"request_range": body}
 
 
 def _compare(key: str, target: str, value: str | int, result: str = "EQUAL") -> Json:
@@ -186,11 +195,18 @@ class EtcdDCS:
         return self._post("kv/range", body, deadline)
 
     def _txn(self, compare: list[Json], success: list[Json], deadline: float) -> bool:
-        data = self._post("kv/txn", {"compare": compare, "success": success, "failure": []}, deadline)
+        return self._txn_full(compare, success, [], deadline)[0]
+
+    def _txn_full(
+        self, compare: list[Json], success: list[Json], failure: list[Json], deadline: float
+    ) -> tuple[bool, list[Json]]:
+        """(succeeded, the responses of the branch that ran)."""
+        data = self._post("kv/txn", {"compare": compare, "success": success, "failure": failure}, deadline)
         succeeded = data.get("succeeded", False)  # proto3 JSON omits false
-        if not isinstance(succeeded, bool):
+        responses = data.get("responses", [])
+        if not isinstance(succeeded, bool) or not isinstance(responses, list):
             raise DCSError(f"etcd kv/txn: unexpected answer {data!r:.200}")
-        return succeeded
+        return succeeded, responses
 
     # -- lease -------------------------------------------------------------------------------------
 
@@ -275,6 +291,8 @@ class EtcdDCS:
         config: dict[str, Any] | None = None
         switchover: SwitchoverRequest | None = None
         sync: SyncRecord | None = None
+        voters: list[VoterEntry] = []
+        votes: list[Vote] = []
         for kv in data.get("kvs", []):
             key = _unb64(kv["key"])[len(self.base) :]
             value = _unb64(kv.get("value"))
@@ -304,7 +322,27 @@ class EtcdDCS:
                 sync = _parse(key, functools.partial(SyncRecord.from_json, mod_revision=mod), value)
                 if sync is None:  # malformed: it promises nothing, and the leader may overwrite it
                     sync = SyncRecord("", 0, (), mod)
-        return ClusterState(revision, initialize, leader, term, tuple(members), status, config, switchover, sync)
+            elif key.startswith("voters/"):
+                entry = _parse(key, functools.partial(VoterEntry.from_json, key.removeprefix("voters/")), value)
+                if entry is not None:
+                    voters.append(entry)
+            elif key.startswith("votes/"):
+                vote = _parse(key, Vote.from_json, value)
+                if vote is not None and key == f"votes/{vote.term}/{vote.voter}":
+                    votes.append(vote)
+        return ClusterState(
+            revision,
+            initialize,
+            leader,
+            term,
+            tuple(members),
+            status,
+            config,
+            switchover,
+            sync,
+            tuple(voters),
+            tuple(votes),
+        )
 
     @_guarded
     def get_history(self) -> list[HistoryEntry]:
@@ -347,9 +385,11 @@ class EtcdDCS:
         return _compare(self.base + "term", "VALUE", str(expected_term))
 
     @_guarded
-    def acquire_leader(self, name: str, expected_term: int) -> int | None:
+    def acquire_leader(self, name: str, expected_term: int, votes: Sequence[tuple[str, int]] = ()) -> int | None:
         leader, new_term = self.base + "leader", expected_term + 1
         compare = [_compare(leader, "CREATE", 0), self._term_is(expected_term)]
+        # The votes counted by the tally: still there, unchanged (never deleted or recreated meanwhile).
+        compare += [_compare(self._vote_key(new_term, voter), "MOD", rev) for voter, rev in votes]
 
         def attempt(lease: int) -> bool:
             success = [_put(leader, name, lease), _put(self.base + "term", str(new_term))]
@@ -357,6 +397,76 @@ class EtcdDCS:
 
         deadline = self._deadline()
         return new_term if self._on_lease(attempt, deadline) else None
+
+    # -- votes (DESIGN 2.5) ----------------------------------------------------------------------
+
+    def _vote_key(self, term: int, voter: str) -> str:
+        return f"{self.base}votes/{term}/{voter}"
+
+    @_guarded
+    def read_term_and_leader(self) -> tuple[int, str | None]:
+        _, responses = self._txn_full(
+            [], [_range_op(self.base + "term"), _range_op(self.base + "leader")], [], self._deadline()
+        )
+        values = [_single_value(r) for r in responses]
+        if len(values) != 2:
+            raise DCSError(f"etcd kv/txn: expected 2 range answers, got {len(values)}")
+        term_text, leader = values
+        try:
+            term = int(term_text) if term_text is not None else 0
+        except ValueError:
+            raise DCSError(f"etcd: {self.base}term holds {term_text!r}, not an integer") from None
+        return term, leader
+
+    @_guarded
+    def create_vote(self, vote: Vote) -> tuple[bool, Vote | None]:
+        key = self._vote_key(vote.term, vote.voter)
+        compare = [
+            _compare(key, "CREATE", 0),
+            self._term_is(vote.term - 1),
+            _compare(self.base + "leader", "CREATE", 0),
+        ]
+        ok, responses = self._txn_full(compare, [_put(key, vote.to_json())], [_range_op(key)], self._deadline())
+        if ok:
+            return True, None
+        raw = _single_value(responses[0]) if responses else None
+        if raw is None:
+            return False, None
+        stored = _parse(key, Vote.from_json, raw)
+        if stored is None:  # a malformed key still occupies the slot: it is not a vote for anyone we know
+            return False, Vote(vote.voter, vote.term, "?", None, vote.witness, 0.0)
+        return False, stored
+
+    @_guarded
+    def get_votes(self, term: int) -> list[tuple[Vote, int]]:
+        prefix = f"{self.base}votes/{term}/"
+        out = []
+        for kv in self._range(prefix, self._deadline(), prefix=True).get("kvs", []):
+            key = _unb64(kv["key"])
+            vote = _parse(key, Vote.from_json, _unb64(kv.get("value")))
+            if vote is not None and key == prefix + vote.voter and vote.term == term:
+                out.append((vote, int(kv.get("mod_revision", 0))))
+        return out
+
+    @_guarded
+    def delete_votes(self, up_to_term: int) -> int:
+        deadline = self._deadline()
+        prefix = self.base + "votes/"
+        body: Json = {"key": _b64(prefix), "range_end": _range_end_b64(prefix), "keys_only": True}
+        stale = []
+        for kv in self._post("kv/range", body, deadline).get("kvs", []):
+            key = _unb64(kv["key"])
+            term_text = key[len(prefix) :].split("/", 1)[0]
+            if term_text.isdigit() and int(term_text) <= up_to_term:
+                stale.append(_delete(key))
+        if stale:
+            self._txn([], stale, deadline)
+        return len(stale)
+
+    @_guarded
+    def register_voter(self, entry: VoterEntry) -> bool:
+        key = f"{self.base}voters/{entry.name}"
+        return self._txn([_compare(key, "CREATE", 0)], [_put(key, entry.to_json())], self._deadline())
 
     @_guarded
     def release_leader(self, name: str) -> bool:
@@ -423,6 +533,14 @@ class EtcdDCS:
     def close(self) -> None:
         """Closes HTTP connections only; the lease runs out by itself (``release_leader`` is explicit)."""
         self._session.close()
+
+
+def _single_value(response: Json) -> str | None:
+    """The value of the one key a txn's range op read (None: the key does not exist)."""
+    kvs = response.get("response_range", {}).get("kvs", [])
+    if not kvs:
+        return None
+    return _unb64(kvs[0].get("value"))
 
 
 def _reason(exc: Exception) -> str:

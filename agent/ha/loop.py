@@ -17,7 +17,7 @@ import threading
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 from pgquorum.agent.clock import Clock
@@ -51,6 +51,7 @@ from pgquorum.agent.ha.actions import (
 from pgquorum.agent.ha.control import Accepted, ControlError
 from pgquorum.agent.ha.decide import Decision, Inputs, Memory, decide, switchover_candidate
 from pgquorum.agent.ha.fence import FenceGuard
+from pgquorum.agent.ha.view import LoopView, role_of
 from pgquorum.agent.metrics import AgentMetrics
 from pgquorum.agent.model import (
     ClusterState,
@@ -97,19 +98,6 @@ def read_secret(path: object) -> str:
         return Path(str(path)).read_text().strip()
     except OSError as exc:
         raise PostgresError(f"cannot read password file {path}: {exc.strerror}") from None
-
-
-@dataclass(frozen=True)
-class LoopView:
-    """What the REST API shows: the last snapshot the loop worked on."""
-
-    cluster: ClusterState | None
-    pg: PostgresState
-    decision: Decision | None
-    dcs_ok: bool
-    last_loop_at: float
-    sync_obs: SyncObservation | None = None  # leader in quorum mode: its postgres's quorum state
-    sync: SyncSettings | None = None  # quorum-commit settings in force for this loop
 
 
 class HaLoop:
@@ -803,19 +791,6 @@ def _consumes_command(d: Decision) -> bool:
     return any(isinstance(a, RestartPostgres | Reinitialize) for a in d.actions) or d.reason.startswith(
         ("reinitialize refused", "unknown operator command")
     )
-
-
-def role_of(pg: PostgresState, memory: Memory, cluster: ClusterState | None, me: str) -> Role:
-    if not pg.data_initialized:
-        return Role.UNINITIALIZED
-    if not pg.running:
-        return Role.STOPPED
-    if pg.in_recovery is False:
-        return Role.LEADER if memory.leader_term is not None else Role.DEMOTED
-    leader = cluster.leader.name if cluster and cluster.leader else None
-    if leader is not None and pg.upstream == leader and pg.streaming:
-        return Role.REPLICA
-    return Role.STANDBY
 
 
 def pg_state_word(pg: PostgresState) -> str:
