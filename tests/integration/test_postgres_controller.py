@@ -439,6 +439,7 @@ def test_synchronous_standby_names_lifecycle(make: Factory) -> None:
     assert a.stop() is True
     assert b.promote(timeout=10) is True
     assert sql(b, "SHOW synchronous_standby_names") == [("ANY 1 (a)",)]
+    b.ensure_slots(["a", "b"])
 
     # The former primary rejoins: its copy of the setting is gone, and it confirms b's commits.
     assert a.rewind(up(b), timeout=60) is True
