@@ -7,20 +7,24 @@ import os
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pgquorum.agent.api.server import ApiServer
 from pgquorum.agent.clock import SystemClock
 from pgquorum.agent.config import AgentConfig, load_config
 from pgquorum.agent.dcs.etcd import EtcdDCS
 from pgquorum.agent.dcs.etcd_watch import LeaderWatch
-from pgquorum.agent.ha.loop import HaLoop
 from pgquorum.agent.logs import setup_logging
-from pgquorum.agent.postgres.controller import PostgresController
+from pgquorum.agent.quorum.voter import VoterService
+from pgquorum.agent.witness.loop import WitnessLoop
+
+if TYPE_CHECKING:  # a witness never imports the PostgreSQL side (psycopg): see build()
+    from pgquorum.agent.ha.loop import HaLoop
 
 log = logging.getLogger("pgquorum.agent")
 
 
-def build(cfg: AgentConfig) -> tuple[HaLoop, ApiServer]:
+def build(cfg: AgentConfig) -> tuple[HaLoop | WitnessLoop, ApiServer]:
     def etcd_client() -> EtcdDCS:
         return EtcdDCS(
             cfg.etcd_endpoints,
@@ -32,9 +36,20 @@ def build(cfg: AgentConfig) -> tuple[HaLoop, ApiServer]:
         )
 
     dcs = etcd_client()
+    clock = SystemClock()
+    # /vote runs on API threads: its etcd calls get their own client (EtcdDCS is not thread-safe).
+    voter = VoterService(cfg.name, cfg.witness, cfg.timing.ttl, etcd_client(), clock) if cfg.quorum_votes else None
+    if cfg.witness:
+        assert voter is not None  # config refuses a witness with quorum_votes: false
+        witness = WitnessLoop(cfg, dcs, voter, clock)
+        witness.watch = LeaderWatch(cfg.etcd_endpoints, dcs.base + "leader", witness.wake.set)
+        return witness, ApiServer(witness, cfg.api_listen)
+    from pgquorum.agent.ha.loop import HaLoop
+    from pgquorum.agent.postgres.controller import PostgresController
+
     pg = PostgresController(cfg.postgres, cfg.name)
     # Operators' requests get their own client: EtcdDCS is not thread-safe and the loop owns ``dcs``.
-    loop = HaLoop(cfg, dcs, pg, SystemClock(), control_dcs=etcd_client())
+    loop = HaLoop(cfg, dcs, pg, clock, control_dcs=etcd_client(), voter=voter)
     loop.watch = LeaderWatch(cfg.etcd_endpoints, dcs.base + "leader", loop.wake.set)
     api = ApiServer(loop, cfg.api_listen)
     return loop, api
@@ -43,7 +58,7 @@ def build(cfg: AgentConfig) -> tuple[HaLoop, ApiServer]:
 def run_agent(config_path: Path) -> int:
     cfg = load_config(config_path)  # ConfigError is turned into a one-line message by the CLI
     setup_logging(cfg.name, cfg.log_level)
-    if os.geteuid() == 0 and cfg.postgres.run_as is None:
+    if os.geteuid() == 0 and cfg.postgres.run_as is None and not cfg.witness:
         log.info("running as root: postgres commands run as the 'postgres' user", extra={"event": "start"})
     loop, api = build(cfg)
     api.start()

@@ -41,6 +41,19 @@ from pgquorum.agent.quorum.sync import parse_standby_names
 FENCE_KINDS = ("dcs_unreachable", "lease_expired", "other_leader", "no_leader_key", "guard", "other")
 FAILOVER_PHASES = ("detection", "election", "promotion")
 STONITH_OUTCOMES = ("success", "failure", "timeout", "skipped")
+# ``pgquorum_quorum_answers_total{kind, outcome, reason}``: reason is a RefusalCode value or "granted".
+ANSWER_KINDS = ("vote", "promise")
+
+
+@dataclass(frozen=True)
+class FailsafeState:
+    """The primary's failsafe right now (DESIGN 2.5), read at scrape time."""
+
+    voting_members: int
+    promises_held: int  # voters whose promise to us is unexpired (ourselves included)
+    majority: bool
+    deadline: float | None  # monotonic instant the majority of promises ends (None: never held)
+
 
 LOOP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 FAILOVER_BUCKETS = (
@@ -261,6 +274,30 @@ class _SnapshotCollector:
             for name in snap.sync_voters:
                 voter.add_metric([*base, name], 1.0)
             yield voter
+        failsafe = owner.failsafe() if owner.failsafe is not None else None
+        if failsafe is not None:
+            yield from gauge(
+                "pgquorum_promise_majority",
+                "Leader: 1 while a majority of voting members (itself included) holds an unexpired promise "
+                "not to vote for anyone else (DESIGN 2.5); 0: it must stop writes.",
+                float(failsafe.majority),
+            )
+            yield from gauge(
+                "pgquorum_promises_held",
+                "Leader: voting members bound to it by an unexpired promise (itself included).",
+                failsafe.promises_held,
+            )
+            yield from gauge(
+                "pgquorum_promise_seconds_remaining",
+                "Leader: seconds until its majority of promises ends unless renewed (0 without a majority).",
+                0.0 if failsafe.deadline is None else max(0.0, min(failsafe.deadline - now, 1e9)),
+            )
+        if owner.voting_members is not None:
+            yield from gauge(
+                "pgquorum_voting_members",
+                "Voting members (data members and witnesses) registered in etcd.",
+                owner.voting_members(),
+            )
         yield from gauge(
             "pgquorum_sync_postgres_k",
             "Leader: standbys postgres waits for before acknowledging a commit (ANY k); 0 = asynchronous.",
@@ -352,6 +389,23 @@ class AgentMetrics:
             _BASE_LABELS,
             registry=reg,
         ).labels(cluster, member)
+        self._answers = Counter(
+            "pgquorum_quorum_answers",
+            "Answers this member gave as a voter: votes (POST /vote) and failsafe promises (POST /promise), "
+            "granted or refused, with the refusal code as reason.",
+            (*_BASE_LABELS, "kind", "outcome", "reason"),
+            registry=reg,
+        )
+        for kind in ANSWER_KINDS:
+            self._answers.labels(cluster, member, kind, "granted", "granted")
+        self._elections_won = Counter(
+            "pgquorum_elections_won",
+            "Leader keys this member took after winning a majority of votes (DESIGN 2.5).",
+            _BASE_LABELS,
+            registry=reg,
+        ).labels(cluster, member)
+        self.failsafe: Callable[[], FailsafeState | None] | None = None  # set by the loop (votes on)
+        self.voting_members: Callable[[], int] | None = None
         reg.register(_SnapshotCollector(self))
         reg.register(_LabelledProcessCollector({"cluster": cluster, "member": member}))
 
@@ -387,6 +441,14 @@ class AgentMetrics:
         for phase, seconds in durations.items():
             if phase in FAILOVER_PHASES:
                 self._failover_phases.labels(self.cluster, self.member, phase).observe(max(0.0, seconds))
+
+    def count_answer(self, kind: str, granted: bool, code: str | None) -> None:
+        """A vote or promise this member answered as a voter (``code``: the refusal's)."""
+        outcome = "granted" if granted else "refused"
+        self._answers.labels(self.cluster, self.member, kind, outcome, code or "granted").inc()
+
+    def count_election_won(self) -> None:
+        self._elections_won.inc()
 
     def count_quorum_refusal(self) -> None:
         self._quorum_refused.inc()

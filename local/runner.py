@@ -8,6 +8,7 @@ Layout of ``DATA_DIR``::
     <name>/agent.yaml       the agent's configuration
     <name>/agent.log        the agent's structured log
     <name>/pgdata           PostgreSQL's data directory
+    w<i>/agent.yaml         a witness (``--witnesses N``): a voting member without PostgreSQL
 
 Everything runs as an unprivileged user: the invoking user, or ``postgres`` when invoked as root
 (PostgreSQL refuses to run as root).
@@ -70,13 +71,18 @@ class LocalState:
     members: list[MemberSlot] = field(default_factory=list)
     prometheus_port: int | None = None
     prometheus_pid: int | None = None
+    witnesses: list[MemberSlot] = field(default_factory=list)  # pg_port 0: no PostgreSQL
 
     def member(self, name: str) -> MemberSlot:
-        for m in self.members:
+        for m in self.members + self.witnesses:
             if m.name == name:
                 return m
-        names = ", ".join(m.name for m in self.members)
+        names = ", ".join(m.name for m in self.members + self.witnesses)
         raise LocalError(f"--member {name}: no such member (members: {names})")
+
+    def agents(self) -> list[MemberSlot]:
+        """Every agent process: data members, then witnesses."""
+        return self.members + self.witnesses
 
 
 def _pid_alive(pid: int | None, marker: str) -> bool:
@@ -115,6 +121,7 @@ class LocalCluster:
         except (OSError, ValueError) as exc:
             raise LocalError(f"{self.state_file} is unreadable ({exc}); remove the directory to start over") from None
         raw["members"] = [MemberSlot(**m) for m in raw.get("members", [])]
+        raw["witnesses"] = [MemberSlot(**m) for m in raw.get("witnesses", [])]
         return LocalState(**raw)
 
     def save(self, state: LocalState) -> None:
@@ -130,17 +137,26 @@ class LocalCluster:
         timing: Timing | None = None,
         prometheus: bool = False,
         synchronous: dict[str, Any] | None = None,
+        witnesses: int = 0,
+        quorum_votes: bool = True,
     ) -> LocalState:
-        """``synchronous``: the agents' quorum-commit setting (``{mode, k, durability}``), None: off."""
+        """``synchronous``: the agents' quorum-commit setting (``{mode, k, durability}``), None: off.
+        ``witnesses``: voting members without PostgreSQL. ``quorum_votes``: False runs the lease-only
+        mode (no votes, no promises; for comparisons), which has no use for witnesses."""
         if members < 1 or members > 9:
             raise LocalError(f"--members: expected 1 to 9 data members, got {members}")
+        if witnesses < 0 or witnesses > 9:
+            raise LocalError(f"--witnesses: expected 0 to 9 witnesses, got {witnesses}")
+        if witnesses and not quorum_votes:
+            raise LocalError("--witnesses: witnesses only vote; they need quorum votes on")
         run_as = self._run_as()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.state_file.exists():
             state = self.load()
-            if len(state.members) != members:
+            if len(state.members) != members or len(state.witnesses) != witnesses:
                 raise LocalError(
-                    f"--members {members}: the cluster in {self.data_dir} has {len(state.members)} members; "
+                    f"--members {members} --witnesses {witnesses}: the cluster in {self.data_dir} has "
+                    f"{len(state.members)} members and {len(state.witnesses)} witnesses; "
                     "run 'pgquorum local down --destroy' first to recreate it"
                 )
         else:
@@ -150,10 +166,11 @@ class LocalCluster:
                 etcd_client_port=free_port(),
                 etcd_peer_port=free_port(),
                 members=[MemberSlot(f"pg{i + 1}", free_port(), free_port()) for i in range(members)],
+                witnesses=[MemberSlot(f"w{i + 1}", 0, free_port()) for i in range(witnesses)],
             )
-        self._prepare_tree(state, timing or Timing(), synchronous)
+        self._prepare_tree(state, timing or Timing(), synchronous, quorum_votes)
         self._start_etcd(state)
-        for slot in state.members:
+        for slot in state.agents():
             self._start_agent(state, slot)
         self.save(state)
         self.wait_healthy(state, timeout)
@@ -199,7 +216,9 @@ class LocalCluster:
         path.chmod(0o600)
         self._chown(path, owner)
 
-    def _prepare_tree(self, state: LocalState, timing: Timing, synchronous: dict[str, Any] | None = None) -> None:
+    def _prepare_tree(
+        self, state: LocalState, timing: Timing, synchronous: dict[str, Any] | None = None, quorum_votes: bool = True
+    ) -> None:
         self._chown(self.data_dir, state.run_as)
         self.data_dir.chmod(0o755)
         secrets_dir = self.data_dir / "secrets"
@@ -217,7 +236,7 @@ class LocalCluster:
             home = self.data_dir / slot.name
             home.mkdir(exist_ok=True)
             self._chown(home, state.run_as)
-            config = {
+            config: dict[str, Any] = {
                 "name": slot.name,
                 "cluster": state.cluster,
                 "etcd_endpoints": [f"http://127.0.0.1:{state.etcd_client_port}"],
@@ -235,8 +254,26 @@ class LocalCluster:
             }
             if synchronous is not None:
                 config["synchronous"] = dict(synchronous)
+            if not quorum_votes:
+                config["quorum_votes"] = False
             cfg_path = home / "agent.yaml"
             cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
+            self._chown(cfg_path, state.run_as)
+        for slot in state.witnesses:
+            home = self.data_dir / slot.name
+            home.mkdir(exist_ok=True)
+            self._chown(home, state.run_as)
+            witness: dict[str, Any] = {
+                "name": slot.name,
+                "cluster": state.cluster,
+                "witness": True,
+                "etcd_endpoints": [f"http://127.0.0.1:{state.etcd_client_port}"],
+                "api_listen": f"127.0.0.1:{slot.api_port}",
+                "api": {"auth_token_file": str(secrets_dir / "api-token")},
+                "timing": asdict(timing),
+            }
+            cfg_path = home / "agent.yaml"
+            cfg_path.write_text(yaml.safe_dump(witness, sort_keys=False))
             self._chown(cfg_path, state.run_as)
 
     def _start_etcd(self, state: LocalState) -> None:
@@ -263,7 +300,7 @@ class LocalCluster:
         server = PrometheusServer(
             self.data_dir / "prometheus",
             state.prometheus_port,
-            [f"127.0.0.1:{m.api_port}" for m in state.members],
+            [f"127.0.0.1:{m.api_port}" for m in state.agents()],
             run_as=state.run_as if os.geteuid() == 0 else None,
             log_file=self.data_dir / "prometheus.log",
             etcd_targets=[f"127.0.0.1:{state.etcd_client_port}"],
@@ -309,7 +346,7 @@ class LocalCluster:
 
     def cluster_view(self, state: LocalState) -> dict[str, Any] | None:
         """/cluster from the first agent that answers."""
-        for slot in state.members:
+        for slot in state.agents():
             try:
                 with urllib.request.urlopen(slot.api_url + "/cluster", timeout=1.0) as resp:
                     data: dict[str, Any] = json.loads(resp.read())
@@ -343,6 +380,24 @@ class LocalCluster:
                     "postgres_pid": _postmaster_pid(self.data_dir / slot.name / "pgdata"),
                 }
             )
+        for slot in state.witnesses:
+            agent_alive = _pid_alive(slot.agent_pid, str(self.data_dir))
+            info = by_name.get(slot.name, {})
+            members.append(
+                {
+                    "name": slot.name,
+                    "role": "witness" if agent_alive and info else ("starting" if agent_alive else "down"),
+                    "state": info.get("state") if agent_alive else "agent not running",
+                    "term": info.get("term"),
+                    "timeline": None,
+                    "lsn": None,
+                    "lag_bytes": None,
+                    "api_url": slot.api_url,
+                    "pg_port": None,
+                    "agent_pid": slot.agent_pid if agent_alive else None,
+                    "postgres_pid": None,
+                }
+            )
         return {
             "data_dir": str(self.data_dir),
             "dsn": self.dsn(state),
@@ -360,10 +415,12 @@ class LocalCluster:
         """Until one leader and every other member streams from it."""
         deadline = time.monotonic() + timeout
         last: dict[str, Any] = {}
+        witnesses = {w.name for w in state.witnesses}
         while time.monotonic() < deadline:
             last = self.status()
-            roles = [m["role"] for m in last["members"]]
-            if roles.count("leader") == 1 and roles.count("replica") == len(roles) - 1:
+            roles = [m["role"] for m in last["members"] if m["name"] not in witnesses]
+            witnesses_up = all(m["role"] == "witness" for m in last["members"] if m["name"] in witnesses)
+            if roles.count("leader") == 1 and roles.count("replica") == len(roles) - 1 and witnesses_up:
                 return last
             time.sleep(0.5)
         summary = ", ".join(f"{m['name']}={m['role']}" for m in last.get("members", []))
@@ -383,7 +440,7 @@ class LocalCluster:
         state = self.load()
         stopped: list[str] = []
         marker = str(self.data_dir)
-        live = [s for s in state.members if _pid_alive(s.agent_pid, marker)]
+        live = [s for s in state.agents() if _pid_alive(s.agent_pid, marker)]
         for slot in live:
             os.kill(slot.agent_pid or 0, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -398,6 +455,11 @@ class LocalCluster:
                 end = time.monotonic() + 10
                 while time.monotonic() < end and _postmaster_pid(self.data_dir / slot.name / "pgdata"):
                     time.sleep(0.1)
+            slot.agent_pid = None
+            stopped.append(slot.name)
+        for slot in state.witnesses:
+            if _pid_alive(slot.agent_pid, marker):
+                os.kill(slot.agent_pid or 0, signal.SIGKILL)
             slot.agent_pid = None
             stopped.append(slot.name)
         if _pid_alive(state.etcd_pid, "etcd"):

@@ -54,11 +54,15 @@ from pgquorum.agent.config import AgentConfig, effective_sync
 from pgquorum.agent.ha.control import Accepted, Control, ControlError
 from pgquorum.agent.ha.decide import Memory
 from pgquorum.agent.ha.view import LoopView, view_role
+from pgquorum.agent.model import ClusterState
 from pgquorum.agent.quorum.status import sync_status
+from pgquorum.agent.quorum.voter import VoterService
+from pgquorum.agent.quorum.votes import FieldError, parse_promise_request, parse_vote_request
 
 log = logging.getLogger("pgquorum.api")
 
 MUTATING = frozenset({"POST", "PATCH"})
+QUIET_PATHS = frozenset({"/promise"})
 CONTROL_METHODS = ("switchover", "failover", "restart", "reinitialize", "history", "dynamic_config", "patch_config")
 WAIT_TIMEOUT = 90.0  # seconds an API thread waits for a switchover/failover with "wait": true
 MAX_QUERY_FIELDS = 10
@@ -208,7 +212,8 @@ class Api:
                 extra={"event": "api_error", "method": req.method, "path": path, "request_id": request_id},
             )
             resp = error(500, "internal error in the agent; see its log", request_id=request_id)
-        level = logging.INFO if req.method.upper() in MUTATING else logging.DEBUG
+        # Promise renewals arrive every loop from the primary: their outcome is logged by the voter.
+        level = logging.INFO if req.method.upper() in MUTATING and path not in QUIET_PATHS else logging.DEBUG
         if log.isEnabledFor(level):
             log.log(
                 level,
@@ -389,7 +394,40 @@ def get_cluster(api: Api, req: Request, query: dict[str, list[str]]) -> Response
         decision = view.decision
         plan, verdict = (decision.sync, decision.quorum) if decision is not None else (None, None)
         body["sync"] = sync_status(settings, cluster, plan, verdict, view.sync_obs)
+    votes = votes_status(api.loop, cluster)
+    if votes is not None:
+        body["votes"] = votes
     return Response(200 if cluster is not None else 503, body)
+
+
+def votes_status(loop: ApiLoop, cluster: ClusterState | None) -> dict[str, Any] | None:
+    """GET /cluster's ``votes``: voting members, this voter's promise and answers, the failsafe."""
+    voter = getattr(loop, "voter", None)
+    if not isinstance(voter, VoterService):
+        return None
+    voters = cluster.voters if cluster is not None else ()
+    alive = {m.name for m in cluster.members} if cluster is not None else set()
+    body: dict[str, Any] = {
+        "voting_members": [{"name": v.name, "witness": v.witness, "alive": v.name in alive} for v in voters],
+        "voter": voter.status(),
+    }
+    failsafe = getattr(getattr(loop, "metrics", None), "failsafe", None)
+    state = failsafe() if callable(failsafe) else None
+    if state is not None:
+        now = loop.clock.monotonic()
+        body["failsafe"] = {
+            "majority": state.majority,
+            "promises_held": state.promises_held,
+            "voting_members": state.voting_members,
+            "seconds_left": None if state.deadline is None else round(min(state.deadline - now, 1e9), 3),
+        }
+    if cluster is not None:
+        body["next_term_votes"] = [
+            {"voter": v.voter, "candidate": v.candidate, "wal_lsn": v.wal_lsn, "witness": v.witness}
+            for v in cluster.votes
+            if v.term == cluster.term + 1
+        ]
+    return body
 
 
 def get_history(api: Api, req: Request, query: dict[str, list[str]]) -> Response:
@@ -452,6 +490,31 @@ def get_metrics(api: Api, req: Request, query: dict[str, list[str]]) -> Response
     return Response(200, raw=raw, content_type=str(content_type))
 
 
+def _voter(api: Api) -> VoterService:
+    voter = getattr(api.loop, "voter", None)
+    if not isinstance(voter, VoterService):
+        raise ValidationError(None, "this agent does not vote (quorum_votes: false)", 501)
+    return voter
+
+
+def post_vote(api: Api, req: Request, query: dict[str, list[str]]) -> Response:
+    """A candidate asks for our vote (DESIGN 2.5; formats in ``agent/quorum/votes.py``)."""
+    parsed = parse_vote_request(parse_object(req.body, allow_empty=False))
+    if isinstance(parsed, FieldError):
+        return error(parsed.status, parsed.message, parsed.field)
+    status, body = _voter(api).vote(parsed)
+    return Response(status, body)
+
+
+def post_promise(api: Api, req: Request, query: dict[str, list[str]]) -> Response:
+    """The primary asks us to promise not to vote for anyone else for ttl (the quorum failsafe)."""
+    parsed = parse_promise_request(parse_object(req.body, allow_empty=False))
+    if isinstance(parsed, FieldError):
+        return error(parsed.status, parsed.message, parsed.field)
+    status, body = _voter(api).promise(parsed)
+    return Response(status, body)
+
+
 def build_routes(metrics: bool) -> list[Route]:
     lag = frozenset({"lag"})
     routes = [
@@ -497,6 +560,8 @@ def build_routes(metrics: bool) -> list[Route]:
         Route("/failover", {"POST": post_failover}, "manual failover to a candidate"),
         Route("/restart", {"POST": post_restart}, "restart this member's postgres"),
         Route("/reinitialize", {"POST": post_reinitialize}, "re-clone this replica"),
+        Route("/vote", {"POST": post_vote}, "a candidate asks for this member's vote (agent to agent)"),
+        Route("/promise", {"POST": post_promise}, "the primary renews this member's failsafe promise"),
     ]
     if metrics:
         routes.append(Route("/metrics", {"GET": get_metrics}, "Prometheus metrics", any_query=True))

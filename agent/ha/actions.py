@@ -40,9 +40,29 @@ class Rejoin:
 
 @dataclass(frozen=True)
 class AcquireLeader:
-    """Take the leader key and bump the term from ``expected_term`` (one etcd transaction)."""
+    """Take the leader key and bump the term from ``expected_term`` (one etcd transaction).
+
+    ``votes``: (voter, mod_revision) of the vote keys of term ``expected_term + 1`` that the tally
+    counted; the transaction checks each is unchanged (empty: lease-only mode, or bootstrap).
+    """
 
     expected_term: int
+    votes: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class RequestVotes:
+    """Ask every voting member (ourselves included) for its vote for ``term``, then read the vote
+    keys of that term back from etcd; the next decision tallies them (DESIGN 2.5)."""
+
+    term: int
+
+
+@dataclass(frozen=True)
+class DeleteVotes:
+    """Leader bookkeeping: delete the vote keys of settled elections (terms <= ``up_to_term``)."""
+
+    up_to_term: int
 
 
 @dataclass(frozen=True)
@@ -124,6 +144,8 @@ Action = (
     | StartPostgres
     | Rejoin
     | AcquireLeader
+    | RequestVotes
+    | DeleteVotes
     | Promote
     | Fence
     | ReleaseLeader

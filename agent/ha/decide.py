@@ -16,6 +16,7 @@ from pgquorum.agent.ha.actions import (
     Bootstrap,
     ClearRequest,
     Clone,
+    DeleteVotes,
     Fence,
     Follow,
     HandOver,
@@ -24,11 +25,13 @@ from pgquorum.agent.ha.actions import (
     Reinitialize,
     Rejoin,
     ReleaseLeader,
+    RequestVotes,
     RestartPostgres,
     StartPostgres,
 )
 from pgquorum.agent.model import ClusterState, PeerStatus, PostgresState, Role, SyncObservation
 from pgquorum.agent.quorum.candidate import CandidateVerdict, check_candidate
+from pgquorum.agent.quorum.failsafe import KeepServing, Promise, may_keep_serving, serving_deadline
 from pgquorum.agent.quorum.sync import (
     ASYNC,
     Durability,
@@ -40,6 +43,7 @@ from pgquorum.agent.quorum.sync import (
     promotion_standbys,
     resolve,
 )
+from pgquorum.agent.quorum.votes import Tally, Vote, tally
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,30 @@ class Memory:
     # lapsed for a while (killed, restarting, a long rewind) still finds its WAL when it comes back.
     slot_seen: tuple[tuple[str, float], ...] = ()
     leading_since: float | None = None  # first loop that saw us hold the leader key (quorum settling)
+    since_term: int | None = None  # first term of our unbroken leadership (its promises still count)
+
+
+@dataclass(frozen=True)
+class Election:
+    """What our last ``RequestVotes`` gathered: the vote keys of ``term`` read back from etcd."""
+
+    term: int
+    at: float  # monotonic instant the keys were read
+    votes: tuple[tuple[Vote, int], ...]  # (vote, its key's mod_revision)
+    transient: bool = False  # a voter refused only for now (a promise or its start-up about to end)
+
+
+@dataclass(frozen=True)
+class Voting:
+    """Quorum votes and the failsafe (DESIGN 2.5), gathered by the executor for this loop.
+
+    ``members``: the voting members (``voters/`` registry plus ourselves). ``promises``: our copies
+    of the promises voters granted us (dated at the send time of each request), while we lead.
+    """
+
+    members: tuple[str, ...]
+    promises: tuple[Promise, ...] = ()
+    election: Election | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +102,7 @@ class Inputs:
     command: str | None = None  # operator command for this member: "restart" | "reinitialize"
     sync: SyncSettings = field(default_factory=SyncSettings)  # quorum commit settings in force
     sync_obs: SyncObservation | None = None  # leader only: our postgres's quorum-commit state
+    voting: Voting | None = None  # None: lease-only mode (quorum_votes: false)
 
 
 # A manual failover request that nobody could carry out stops steering the race after this long.
@@ -90,6 +119,13 @@ class Decision:
     alert: str | None = None  # a condition a human must look at (logged at error, exported)
     sync: SyncPlan | None = None  # leader: quorum-commit plan of this loop (its transitions are in actions)
     quorum: CandidateVerdict | None = None  # leader race in quorum mode: our candidate check
+    retry_in: float | None = None  # run the next loop after this many seconds if sooner than loop_wait
+    election: Tally | None = None  # leader race with votes: the tally of our last election
+
+
+# An election that failed only because a promise or a voter's start-up quiet period was about to
+# end is retried this soon, rather than a whole loop_wait later.
+ELECTION_RETRY = 0.1
 
 
 def fence_deadline(last_renew_sent: float | None, timing: Timing) -> float | None:
@@ -97,6 +133,44 @@ def fence_deadline(last_renew_sent: float | None, timing: Timing) -> float | Non
     if last_renew_sent is None:
         return None
     return last_renew_sent + timing.fence_after()
+
+
+def failsafe_verdict(memory: Memory, timing: Timing, voting: Voting | None, me: str, now: float) -> KeepServing | None:
+    """The failsafe verdict for the primary we are (None: lease-only mode, or not leading)."""
+    if voting is None or memory.leader_term is None:
+        return None
+    return may_keep_serving(
+        voting.promises,
+        voting.members,
+        now,
+        timing,
+        me=me,
+        term=memory.leader_term,
+        since_term=memory.since_term,
+    )
+
+
+def serving_deadline_at(memory: Memory, timing: Timing, voting: Voting | None, me: str, now: float) -> float | None:
+    """The instant we must have stopped accepting writes: with votes, a majority of promises
+    (renewed every loop, whether etcd is up or not); in lease-only mode, the lease (DESIGN 2.1)."""
+    lease = fence_deadline(memory.last_renew_sent, timing)
+    verdict = failsafe_verdict(memory, timing, voting, me, now)
+    if verdict is None:
+        return lease
+    return serving_deadline(lease, verdict, require_majority=True)
+
+
+def keep_serving(inp: Inputs, memory: Memory) -> KeepServing | None:
+    return failsafe_verdict(memory, inp.timing, inp.voting, inp.me, inp.now)
+
+
+def serving_deadline_of(inp: Inputs, memory: Memory) -> float | None:
+    return serving_deadline_at(memory, inp.timing, inp.voting, inp.me, inp.now)
+
+
+def _no_deadline_reason(inp: Inputs, memory: Memory) -> str:
+    verdict = keep_serving(inp, memory)
+    return "lease not renewed in time" if verdict is None else "no majority of promises"
 
 
 def decide(inp: Inputs) -> Decision:
@@ -144,11 +218,27 @@ def _remember_renewal(inp: Inputs) -> Memory:
         m = replace(m, leaderless_since=m.leaderless_since if m.leaderless_since is not None else inp.now)
     else:
         m = replace(m, leaderless_since=None)
+    if (
+        leader is None
+        and inp.voting is not None
+        and m.leader_term is not None
+        and m.leader_term == cluster.term
+        and _is_writable_primary(inp.pg)
+    ):
+        # Our key expired (etcd was away) and no newer term exists: we serve on our promises while
+        # we run for the next term ourselves; the promises decide when we must stop.
+        return m
     if leader is None or leader.name != inp.me:
-        return replace(m, leader_term=None, last_renew_sent=None, pg_down_since=None, leading_since=None)
+        return replace(
+            m, leader_term=None, last_renew_sent=None, pg_down_since=None, leading_since=None, since_term=None
+        )
     renewed = inp.lease_renewed_at if inp.lease_renewed_at is not None else m.last_renew_sent
     since = m.leading_since if m.leading_since is not None else inp.now
-    return replace(m, leader_term=cluster.term, last_renew_sent=renewed, leading_since=since)
+    unbroken = (
+        m.leader_term is not None and m.since_term is not None and cluster.term in (m.leader_term, m.leader_term + 1)
+    )
+    first = m.since_term if unbroken else cluster.term
+    return replace(m, leader_term=cluster.term, last_renew_sent=renewed, leading_since=since, since_term=first)
 
 
 def _wait(inp: Inputs, reason: str, role: Role, alert: str | None = None, memory: Memory | None = None) -> Decision:
@@ -172,19 +262,32 @@ def _is_writable_primary(pg: PostgresState) -> bool:
 
 def _without_dcs(inp: Inputs) -> Decision:
     m = inp.memory
-    deadline = fence_deadline(m.last_renew_sent, inp.timing)
+    deadline = serving_deadline_of(inp, m)
+    if m.leader_term is None and _is_writable_primary(inp.pg):
+        # An agent (re)started beside a running primary while etcd is away: it holds no lease and no
+        # promise, so nothing stops another member from being elected; stop writes now.
+        return Decision(
+            (Fence("etcd unreachable and this agent holds no leadership for the running primary"),),
+            "etcd unreachable: a writable primary we do not know we lead (agent restarted?): fencing",
+            Role.DEMOTED,
+            m,
+            again=True,
+        )
     if m.leader_term is not None and _is_writable_primary(inp.pg):
+        verdict = keep_serving(inp, m)
+        what = "the lease" if verdict is None else "the majority of promises"
         if deadline is None or inp.now >= deadline:
+            why = verdict.reason if verdict is not None else f"the lease of term {m.leader_term} may have expired"
             return Decision(
-                (Fence(f"etcd unreachable and the lease of term {m.leader_term} may have expired"),),
-                f"etcd unreachable: fencing, deadline passed {inp.now - (deadline or inp.now):.2f}s ago",
+                (Fence(f"etcd unreachable and {why}"),),
+                f"etcd unreachable: fencing, {what} ended {inp.now - (deadline or inp.now):.2f}s ago",
                 Role.DEMOTED,
-                replace(m, leader_term=None, last_renew_sent=None),
+                replace(m, leader_term=None, last_renew_sent=None, since_term=None),
                 again=True,
             )
         return _wait(
             inp,
-            f"etcd unreachable: still leader of term {m.leader_term}, fencing in {deadline - inp.now:.2f}s",
+            f"etcd unreachable: still leader of term {m.leader_term} on {what}, fencing in {deadline - inp.now:.2f}s",
             Role.LEADER,
         )
     return _wait(inp, "etcd unreachable: keeping the current state", _observed_role(inp))
@@ -228,11 +331,11 @@ def _postgres_down(inp: Inputs, cluster: ClusterState) -> Decision:
     m = inp.memory
     leader = cluster.leader
     if leader is not None and leader.name == inp.me:
-        deadline = fence_deadline(m.last_renew_sent, inp.timing)
+        deadline = serving_deadline_of(inp, m)
         if deadline is None or inp.now >= deadline:
             return Decision(
-                (ReleaseLeader("lease not renewed in time while postgres was down"),),
-                "leader lease too old to restart as primary",
+                (ReleaseLeader(_no_deadline_reason(inp, m) + " while postgres was down"),),
+                "no time left to restart as primary: releasing the leader key",
                 Role.STOPPED,
                 replace(m, leader_term=None, last_renew_sent=None, pg_down_since=None),
                 again=True,
@@ -286,8 +389,26 @@ def _postgres_down(inp: Inputs, cluster: ClusterState) -> Decision:
 
 def _lead(inp: Inputs, cluster: ClusterState) -> Decision:
     m = replace(inp.memory, pg_down_since=None)
-    deadline = fence_deadline(m.last_renew_sent, inp.timing)
+    pg = inp.pg
+    if pg.in_recovery and inp.voting is not None:
+        gate = _promotion_gate(inp, cluster, m)
+        if gate is not None:
+            return gate
+    deadline = serving_deadline_of(inp, m)
     if deadline is None or inp.now >= deadline:
+        verdict = keep_serving(inp, m)
+        if verdict is not None:
+            # Voters may elect someone else now: stop writes, and hand the key back so they can.
+            return Decision(
+                (
+                    Fence(f"term {cluster.term}: {verdict.reason}"),
+                    ReleaseLeader(f"fenced for lack of a majority of promises in term {cluster.term}"),
+                ),
+                "no majority of promises: fencing and releasing the leader key",
+                Role.DEMOTED,
+                replace(m, leader_term=None, last_renew_sent=None, since_term=None),
+                again=True,
+            )
         return Decision(
             (Fence(f"leader lease of term {cluster.term} not renewed before the fence deadline"),),
             "lease renewal too old: fencing",
@@ -295,7 +416,6 @@ def _lead(inp: Inputs, cluster: ClusterState) -> Decision:
             replace(m, leader_term=None, last_renew_sent=None),
             again=True,
         )
-    pg = inp.pg
     if pg.in_recovery:
         promote: tuple[Action, ...] = (Promote(cluster.term),)
         if inp.sync.quorum:
@@ -314,8 +434,10 @@ def _lead(inp: Inputs, cluster: ClusterState) -> Decision:
     m = replace(m, slot_seen=seen)
     status = PublishStatus(cluster.term, pg.timeline or 0, pg.wal_lsn or 0, slots)
     plan = sync_plan(inp, cluster)
+    settled = any(v.term <= cluster.term for v in cluster.votes)
+    gc: tuple[Action, ...] = (DeleteVotes(cluster.term),) if settled else ()
     steady = Decision(
-        (status, *(plan.transitions if plan else ())),
+        (status, *(plan.transitions if plan else ()), *gc),
         f"leader of term {cluster.term}, lease renewed",
         Role.LEADER,
         m,
@@ -346,6 +468,34 @@ def _lead(inp: Inputs, cluster: ClusterState) -> Decision:
         Role.LEADER,
         m,
         again=True,
+    )
+
+
+def _promotion_gate(inp: Inputs, cluster: ClusterState, m: Memory) -> Decision | None:
+    """Elected, not promoted yet: promote only once a majority of voters promised us (None: go on).
+
+    With promises required to serve, a primary without them would fence at once; waiting costs one
+    round trip to the voters, who voted for us a moment ago.
+    """
+    verdict = keep_serving(inp, m)
+    if verdict is None or verdict.allowed:
+        return None
+    since = m.leading_since if m.leading_since is not None else inp.now
+    if inp.now - since >= inp.timing.ttl:
+        return Decision(
+            (ReleaseLeader(f"no majority of promises within ttl after winning term {cluster.term}"),),
+            f"elected for term {cluster.term} but {verdict.reason}: giving the key back",
+            Role.STANDBY,
+            replace(m, leader_term=None, last_renew_sent=None, since_term=None),
+            again=True,
+            alert="elected leader could not gather a majority of promises",
+        )
+    return Decision(
+        (),
+        f"won term {cluster.term}; promoting once a majority promised: {verdict.reason}",
+        Role.STANDBY,
+        m,
+        retry_in=ELECTION_RETRY,
     )
 
 
@@ -474,6 +624,21 @@ def _race(inp: Inputs, cluster: ClusterState) -> Decision:
                 inp.memory,
                 again=True,
             )
+        if inp.voting is not None:
+            m = inp.memory
+            deadline = serving_deadline_of(inp, m)
+            if m.leader_term is None or deadline is None or inp.now >= deadline:
+                # Not leading a term we know of (agent restarted?), or our promises ran out: another
+                # member may be elected any moment, so stop writes first and run as a standby.
+                why = "no leadership known" if m.leader_term is None else "no majority of promises"
+                return Decision(
+                    (Fence(f"writable primary without the leader key and {why}"),),
+                    f"primary without leader key and {why}: fencing before the election",
+                    Role.DEMOTED,
+                    replace(m, leader_term=None, last_renew_sent=None, since_term=None),
+                    again=True,
+                )
+            return _elect(inp, cluster, take)
         return take
     req = cluster.switchover
     if req is not None and req.kind == "failover" and not req.failed and inp.wall - req.requested_at < REQUEST_TTL:
@@ -486,7 +651,8 @@ def _race(inp: Inputs, cluster: ClusterState) -> Decision:
                 Role.STANDBY,
                 alert="manual failover candidate is tagged nofailover",
             )
-        return replace(take, reason=f"manual failover to us requested: taking term {cluster.term + 1}")
+        take = replace(take, reason=f"manual failover to us requested: taking term {cluster.term + 1}")
+        return _elect(inp, cluster, take) if inp.voting is not None else take
     alive = [p.name for p in inp.peers if p.reachable and p.postgres_running and p.in_recovery is False]
     if alive:
         return _wait(inp, f"no leader key but {alive[0]} is still a running primary: not racing", Role.STANDBY)
@@ -521,7 +687,46 @@ def _race(inp: Inputs, cluster: ClusterState) -> Decision:
                 f"({p.lsn} vs our {mine[0]}), letting it take the key",
                 Role.STANDBY,
             )
-    return take
+    return _elect(inp, cluster, take) if inp.voting is not None else take
+
+
+def _elect(inp: Inputs, cluster: ClusterState, take: Decision) -> Decision:
+    """We would take the key: with votes, first win a majority of them for the next term.
+
+    ``take`` is the lease-only decision (its reason and quorum verdict are kept). The executor
+    gathers the votes (``RequestVotes``); the next loop tallies the keys it read back and takes the
+    key in one transaction that checks the term, the key's absence and every counted vote.
+    """
+    voting = inp.voting
+    assert voting is not None
+    want = cluster.term + 1
+    e = voting.election
+    if e is not None and e.term == want:
+        result = tally((v for v, _ in e.votes), voting.members, want, inp.me)
+        if result.may_promote:
+            revisions = tuple((v.voter, rev) for v, rev in e.votes if v.voter in result.granted)
+            return replace(
+                take,
+                actions=(AcquireLeader(cluster.term, revisions),),
+                reason=f"{take.reason}; {result.reason}",
+                election=result,
+            )
+        retry = ELECTION_RETRY if e.transient else inp.timing.loop_wait
+        if inp.now - e.at < retry:
+            return replace(
+                take,
+                actions=(),
+                reason=f"election for term {want}: {result.reason}",
+                role=Role.STANDBY if not _is_writable_primary(inp.pg) else take.role,
+                again=False,
+                retry_in=retry - (inp.now - e.at),
+                election=result,
+            )
+    return replace(
+        take,
+        actions=(RequestVotes(want),),
+        reason=f"{take.reason}: asking the {len(voting.members)} voting members for their votes",
+    )
 
 
 def _freshest(p: PeerStatus) -> int | None:
@@ -564,7 +769,11 @@ def ineligibility(
     return problems
 
 
-def guard_must_fence(now: float, memory: Memory, timing: Timing) -> bool:
-    """The fence guard's rule, checked between loops: a leader past its deadline stops writes now."""
-    deadline = fence_deadline(memory.last_renew_sent, timing)
+def guard_must_fence(now: float, memory: Memory, timing: Timing, voting: Voting | None = None, me: str = "") -> bool:
+    """The fence guard's rule, checked between loops: a leader past its deadline stops writes now.
+
+    With ``voting`` the deadline is the majority of promises' (``serving_deadline_at``). No deadline
+    at all never fences here (an elected standby gathering promises): the loop's decision handles it.
+    """
+    deadline = serving_deadline_at(memory, timing, voting, me, now)
     return memory.leader_term is not None and deadline is not None and now >= deadline

@@ -1,8 +1,10 @@
 """The fence guard: a small thread that enforces the fence deadline even when the HA loop is stuck.
 
 The HA loop can spend up to ``2 * retry_timeout`` in etcd calls; the deadline
-(``last_renew_sent + ttl - safety_margin``) must hold regardless, so a separate thread checks
-``guard_must_fence`` every few milliseconds and stops postgres itself.
+(``last_renew_sent + ttl - safety_margin``, or with quorum votes the end of the majority of
+promises) must hold regardless, so a separate thread checks ``guard_must_fence`` every few
+milliseconds and stops postgres itself. ``voting`` gives it the current voting members and
+promises (the promise keeper renews them on its own thread, so the deadline moves between loops).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Callable
 
 from pgquorum.agent.clock import Clock
 from pgquorum.agent.config import Timing
-from pgquorum.agent.ha.decide import Memory, fence_deadline, guard_must_fence
+from pgquorum.agent.ha.decide import Memory, Voting, guard_must_fence, serving_deadline_at
 
 log = logging.getLogger("pgquorum.fence")
 
@@ -21,7 +23,17 @@ CHECK_INTERVAL = 0.02  # seconds; fence itself takes ~0.1 s, the margin is >= 0.
 
 
 class FenceGuard:
-    def __init__(self, timing: Timing, clock: Clock, fence: Callable[[str], None], on_fenced: Callable[[], None]):
+    def __init__(
+        self,
+        timing: Timing,
+        clock: Clock,
+        fence: Callable[[str], None],
+        on_fenced: Callable[[], None],
+        voting: Callable[[], Voting | None] | None = None,
+        me: str = "",
+    ):
+        self._voting = voting or (lambda: None)
+        self._me = me
         self._timing = timing
         self._clock = clock
         self._fence = fence
@@ -48,7 +60,9 @@ class FenceGuard:
     def deadline(self) -> float | None:
         with self._lock:
             m = self._memory
-        return fence_deadline(m.last_renew_sent, self._timing) if m.leader_term is not None else None
+        if m.leader_term is None:
+            return None
+        return serving_deadline_at(m, self._timing, self._voting(), self._me, self._clock.monotonic())
 
     def lease_valid(self) -> bool:
         """True while we lead and our own fence deadline has not passed (for /primary)."""
@@ -60,14 +74,16 @@ class FenceGuard:
             with self._lock:
                 memory = self._memory
             now = self._clock.monotonic()
-            if guard_must_fence(now, memory, self._timing):
-                late = now - (fence_deadline(memory.last_renew_sent, self._timing) or now)
+            voting = self._voting() if memory.leader_term is not None else None
+            if guard_must_fence(now, memory, self._timing, voting, self._me):
+                late = now - (serving_deadline_at(memory, self._timing, voting, self._me, now) or now)
                 log.error(
                     "fence deadline reached: stopping postgres",
                     extra={"term": memory.leader_term, "late_by": round(late, 3)},
                 )
                 try:
-                    self._fence(f"lease of term {memory.leader_term} not renewed before the fence deadline")
+                    what = "majority of promises" if voting is not None else "lease"
+                    self._fence(f"{what} of term {memory.leader_term} not renewed before the fence deadline")
                 finally:
                     with self._lock:
                         if self._memory is memory:

@@ -11,11 +11,8 @@ Everything here is I/O glue; the rules live in ``decide.py``. One loop:
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from urllib.parse import urlsplit
@@ -37,6 +34,7 @@ from pgquorum.agent.ha.actions import (
     Bootstrap,
     ClearRequest,
     Clone,
+    DeleteVotes,
     Fence,
     Follow,
     HandOver,
@@ -45,14 +43,24 @@ from pgquorum.agent.ha.actions import (
     Reinitialize,
     Rejoin,
     ReleaseLeader,
+    RequestVotes,
     RestartPostgres,
     StartPostgres,
 )
 from pgquorum.agent.ha.control import Accepted, ControlError
-from pgquorum.agent.ha.decide import Decision, Inputs, Memory, decide, switchover_candidate
+from pgquorum.agent.ha.decide import (
+    Decision,
+    Election,
+    Inputs,
+    Memory,
+    Voting,
+    decide,
+    failsafe_verdict,
+    switchover_candidate,
+)
 from pgquorum.agent.ha.fence import FenceGuard
 from pgquorum.agent.ha.view import LoopView, role_of
-from pgquorum.agent.metrics import AgentMetrics
+from pgquorum.agent.metrics import AgentMetrics, FailsafeState
 from pgquorum.agent.model import (
     ClusterState,
     HistoryEntry,
@@ -64,10 +72,15 @@ from pgquorum.agent.model import (
     SwitchoverRequest,
     SyncObservation,
     SyncRecord,
+    VoterEntry,
 )
 from pgquorum.agent.postgres.controller import PostgresController, PostgresError, Upstream
 from pgquorum.agent.postgres.fencing_token import write_term
+from pgquorum.agent.quorum.peers import PromiseKeeper, PromiseTarget, ask_vote, fetch_peer_status, peer_authorization
+from pgquorum.agent.quorum.refusal import Refusal, RefusalCode
 from pgquorum.agent.quorum.sync import Quorum, SetSyncStandbys, WriteSyncRecord
+from pgquorum.agent.quorum.voter import LocalView, VoterService
+from pgquorum.agent.quorum.votes import Vote, VoteRequest
 
 log = logging.getLogger("pgquorum.ha")
 
@@ -109,6 +122,7 @@ class HaLoop:
         clock: Clock,
         watch: LeaderWatch | None = None,
         control_dcs: DCS | None = None,
+        voter: VoterService | None = None,
     ):
         self.cfg = cfg
         self.dcs = dcs
@@ -118,7 +132,27 @@ class HaLoop:
         self.wake = threading.Event()
         self.watch = watch  # wakes the loop when the leader key changes (latency only)
         self._stop = threading.Event()
-        self.guard = FenceGuard(cfg.timing, clock, self._guard_fence, self.wake.set)
+        # Quorum votes and the failsafe (DESIGN 2.5): our own vote and promises (``voter``, shared with
+        # the API's /vote and /promise), the promises we hold as primary (``keeper``).
+        self.voter = voter if cfg.quorum_votes else None
+        self.keeper: PromiseKeeper | None = None
+        if self.voter is not None:
+            t = cfg.timing
+            self.keeper = PromiseKeeper(
+                cfg.name,
+                clock,
+                period=min(t.loop_wait, (t.ttl - t.safety_margin) / 3),
+                timeout=t.retry_timeout,
+                authorization=lambda: peer_authorization(cfg.api),
+            )
+        self._voting_members: tuple[str, ...] = (cfg.name,)  # from the last etcd read (kept without etcd)
+        self._voter_urls: dict[str, str] = {}  # last known API URL of each voter
+        self._election: Election | None = None  # our last vote gathering (RequestVotes)
+        self._retry_in: float | None = None
+        self._last_pg = PostgresState(False, False)
+        self.guard = FenceGuard(
+            cfg.timing, clock, self._guard_fence, self.wake.set, voting=self._current_voting, me=cfg.name
+        )
         self._lock = threading.Lock()
         self._view = LoopView(None, PostgresState(False, False), None, False, clock.monotonic())
         self._last_reason = ""
@@ -130,6 +164,10 @@ class HaLoop:
         self._token_term: int | None = None  # the term last written into the database (fencing token)
         self._peer_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="peer")
         self.metrics = AgentMetrics(cfg.name, cfg.cluster, cfg.timing, clock.monotonic)  # GET /metrics
+        if self.voter is not None:
+            self.voter.on_answer = self.metrics.count_answer
+            self.metrics.failsafe = self._failsafe_state
+            self.metrics.voting_members = lambda: len(self._voting_members)
         # Operators' requests arrive on API threads; they get their own etcd client (not thread-safe).
         self._control_dcs = control_dcs
         self._control_lock = threading.Lock()
@@ -145,18 +183,24 @@ class HaLoop:
 
     def run(self) -> None:
         self.guard.start()
+        if self.keeper is not None:
+            self.keeper.start()
         if self.watch is not None:
             self.watch.start()
         while not self._stop.is_set():
             started = self.clock.monotonic()
             again = False
+            self._retry_in = None
             try:
                 again = self.run_once()
             except Exception:  # the loop must survive anything; the fence guard still runs
                 log.exception("HA loop iteration failed", extra={"event": "loop_error"})
             if again:
                 continue
-            self._sleep_until(started + self.cfg.timing.loop_wait)
+            wait = self.cfg.timing.loop_wait
+            if self._retry_in is not None:
+                wait = max(0.01, min(wait, self._retry_in))
+            self._sleep_until(started + wait)
 
     def _sleep_until(self, until: float) -> None:
         """Sleep until the next loop, waking early on a request or when our postgres exits."""
@@ -185,6 +229,8 @@ class HaLoop:
             self.pg.stop(mode="fast", timeout=self.cfg.postgres.stop_timeout)
         except PostgresError as exc:
             log.error("postgres did not stop cleanly", extra={"event": "shutdown", "error": str(exc)})
+        if self.keeper is not None:
+            self.keeper.stop()
         if was_leader:
             try:
                 self.dcs.release_leader(self.cfg.name)
@@ -206,6 +252,7 @@ class HaLoop:
             peers = self._gather_peers(cluster, sync)
         sync_obs = self._observe_sync(cluster, pg, sync)
         dynamic = effective_dynamic(self.cfg, cluster.config if cluster else None)
+        voting = self._gather_voting(cluster, pg, peers)
         command = self._command
         inputs = Inputs(
             me=self.cfg.name,
@@ -224,13 +271,16 @@ class HaLoop:
             command=command,
             sync=sync,
             sync_obs=sync_obs,
+            voting=voting,
         )
         decision = decide(inputs)
+        self._retry_in = decision.retry_in
         self._count_quorum_refusal(decision)
         if command is not None and _consumes_command(decision):
             self._command = None
         self.memory = decision.memory
         self.guard.update(self.memory)
+        self._follow_leadership()
         self._log_decision(decision, cluster)
         again = decision.again
         for action in decision.actions:
@@ -320,6 +370,117 @@ class HaLoop:
             peers.append(status)
         return tuple(peers)
 
+    # -- quorum votes and the failsafe (DESIGN 2.5) ----------------------------------------------
+    def _current_voting(self) -> Voting | None:
+        """For the fence guard, between loops: the voting members and the promises held right now."""
+        if self.keeper is None:
+            return None
+        return Voting(self._voting_members, self.keeper.promises())
+
+    def _failsafe_state(self) -> FailsafeState | None:
+        memory, voting = self.memory, self._current_voting()
+        now = self.clock.monotonic()
+        verdict = failsafe_verdict(memory, self.cfg.timing, voting, self.cfg.name, now)
+        if verdict is None or voting is None:
+            return None
+        t = self.cfg.timing
+        bound = {p.voter for p in voting.promises if p.granted_at + min(p.ttl, t.ttl) - t.safety_margin > now}
+        held = len(bound & set(voting.members)) + (1 if self.cfg.name in voting.members else 0)
+        return FailsafeState(len(voting.members), held, verdict.allowed, verdict.deadline)
+
+    def _gather_voting(
+        self, cluster: ClusterState | None, pg: PostgresState, peers: tuple[PeerStatus, ...]
+    ) -> Voting | None:
+        """Feed our voter with this read, and (leading) make sure a promise round has completed."""
+        voter, keeper = self.voter, self.keeper
+        if voter is None or keeper is None:
+            return None
+        self._last_pg = pg
+        me = self.cfg.name
+        if cluster is not None:
+            self._voting_members = cluster.voting_members(me)
+            for m in cluster.members:
+                self._voter_urls[m.name] = m.api_url
+        live = None
+        if pg.running and pg.in_recovery is False and self.memory.leader_term is not None:
+            live = me  # we serve (on the key, or on promises while etcd is away)
+        else:
+            live = next((p.name for p in peers if p.reachable and p.postgres_running and p.in_recovery is False), None)
+        position = pg.best_lsn() if pg.running else None
+        local = LocalView(
+            etcd_ok=cluster is not None,
+            term=cluster.term if cluster is not None else None,
+            leader=cluster.leader.name if cluster is not None and cluster.leader is not None else None,
+            timeline=pg.timeline if position is not None else None,
+            wal_lsn=position,
+            live_primary=live,
+        )
+        if cluster is not None:
+            own = [(v.term, v.candidate) for v in cluster.votes if v.voter == me]
+            voter.observe(cluster.term, own, local)
+        else:
+            voter.etcd_lost(local)
+        # Who we would lead: the key is ours, or we serve on promises with the key expired.
+        leading = self.memory.leader_term
+        if cluster is not None and cluster.leader is not None and cluster.leader.name == me:
+            leading = cluster.term
+        if leading is not None:
+            since = self.memory.since_term if self.memory.since_term is not None else leading
+            targets = [PromiseTarget(n, self._voter_urls[n]) for n in self._voting_members if n in self._voter_urls]
+            keeper.lead(leading, min(since, leading), targets)
+            keeper.forget(set(self._voting_members))
+            if not keeper.round_done(leading):
+                keeper.renew_now(wait=True)  # the first decision as leader must see real promises
+        election = self._election
+        if election is not None and (cluster is None or election.term != cluster.term + 1):
+            election = self._election = None
+        return Voting(self._voting_members, keeper.promises(), election)
+
+    def _follow_leadership(self) -> None:
+        """After a decision: a member that no longer leads holds no promise worth counting."""
+        if self.keeper is not None and self.memory.leader_term is None:
+            self.keeper.step_down()
+
+    def _run_election(self, cluster: ClusterState | None, term: int) -> None:
+        """Ask every voting member (us included) for its vote for ``term``, then read the keys back."""
+        voter = self.voter
+        assert voter is not None and cluster is not None
+        pg = self._last_pg
+        request = VoteRequest(self.cfg.name, term, pg.timeline or 1, pg.best_lsn() or 0)
+        timeout = self.cfg.timing.retry_timeout
+        authorization = peer_authorization(self.cfg.api)
+        others = [n for n in self._voting_members if n != self.cfg.name]
+        futures = {
+            n: self._peer_pool.submit(ask_vote, self._voter_urls[n], n, request, authorization, timeout)
+            for n in others
+            if n in self._voter_urls
+        }
+        status, body = voter.vote(request)  # our own vote, through the same rules
+        answers: dict[str, Vote | Refusal] = {}
+        own = body.get("vote") if status == 200 else None
+        if own is None:
+            answers[self.cfg.name] = Refusal(
+                RefusalCode(body.get("code", "bad_answer")), str(body.get("reason", "no vote"))
+            )
+        for n, f in futures.items():
+            answers[n] = f.result()
+        votes = self.dcs.get_votes(term)
+        transient = any(
+            isinstance(a, Refusal) and a.code in (RefusalCode.PROMISED, RefusalCode.STARTING) for a in answers.values()
+        )
+        self._election = Election(term, self.clock.monotonic(), tuple(votes), transient)
+        refusals = {n: f"{a.code.value}: {a.reason}" for n, a in answers.items() if isinstance(a, Refusal)}
+        log.info(
+            "votes gathered",
+            extra={
+                "event": "election",
+                "term": term,
+                "granted": sorted(v.voter for v, _ in votes if v.candidate == self.cfg.name),
+                "refused": refusals,
+                "missing": sorted(set(others) - set(futures)),
+            },
+        )
+
     def _observe_sync(
         self, cluster: ClusterState | None, pg: PostgresState, sync: SyncSettings
     ) -> SyncObservation | None:
@@ -382,8 +543,13 @@ class HaLoop:
                     log.warning("pg_rewind impossible: re-cloning", extra={"event": "reinitialize", "leader": leader})
                     self.pg.reinitialize(upstream, timeout=CLONE_SECONDS)
                 self.pg.start(timeout=STANDBY_START_SECONDS)
-            case AcquireLeader(expected_term=t):
-                new_term = self.dcs.acquire_leader(self.cfg.name, t)
+            case RequestVotes(term=want):
+                self._run_election(cluster, want)
+            case DeleteVotes(up_to_term=t):
+                deleted = self.dcs.delete_votes(t)
+                log.debug("deleted settled vote keys", extra={"event": "votes_gc", "term": t, "deleted": deleted})
+            case AcquireLeader(expected_term=t, votes=votes):
+                new_term = self.dcs.acquire_leader(self.cfg.name, t, votes)
                 if new_term is None:
                     log.info("lost the leader race", extra={"event": "race_lost", "term": t})
                     return
@@ -400,9 +566,20 @@ class HaLoop:
                 self._detection_seconds = (
                     None if since is None or alive_at is None or alive_at > since else round(since - alive_at, 3)
                 )
-                self.memory = replace(self.memory, leader_term=new_term, last_renew_sent=renewed_at)
+                since = self.memory.since_term if self.memory.leader_term == t else new_term
+                self.memory = replace(self.memory, leader_term=new_term, last_renew_sent=renewed_at, since_term=since)
                 self.guard.update(self.memory)
-                log.warning("took the leader key", extra={"event": "leader_acquired", "term": new_term})
+                if d.election is not None:
+                    self.metrics.count_election_won()
+                log.warning(
+                    "took the leader key",
+                    extra={
+                        "event": "leader_acquired",
+                        "term": new_term,
+                        "votes": [v for v, _ in votes],
+                        "reason": d.election.reason if d.election is not None else None,
+                    },
+                )
                 state = self.pg.state()
                 if state.running and state.in_recovery is False:
                     # No promotion follows (an agent restarted beside its running primary, or a released
@@ -586,8 +763,9 @@ class HaLoop:
             self.pg.start(timeout=self.cfg.postgres.primary_start_timeout)
             return
         handed = self.clock.monotonic()
-        self.memory = replace(self.memory, leader_term=None, last_renew_sent=None)
+        self.memory = replace(self.memory, leader_term=None, last_renew_sent=None, since_term=None)
         self.guard.update(self.memory)
+        self._follow_leadership()
         durations = {
             "checkpoint": round(checkpointed - started, 3),
             "stop": round(stopped - checkpointed, 3),
@@ -769,6 +947,10 @@ class HaLoop:
         )
         try:
             self.dcs.touch_member(member)
+            unregistered = self.voter is not None and all(v.name != self.cfg.name for v in cluster.voters)
+            # Once: from now on our vote counts, and our absence too (DESIGN 2.5).
+            if unregistered and self.dcs.register_voter(VoterEntry(self.cfg.name, witness=False)):
+                log.warning("registered as a voting member", extra={"event": "voter_registered"})
         except DCSError as exc:
             log.warning("cannot publish member key", extra={"event": "touch_failed", "error": str(exc)})
 
@@ -801,26 +983,3 @@ def pg_state_word(pg: PostgresState) -> str:
     if not pg.accepting_connections:
         return "starting"
     return "streaming" if pg.streaming else "running"
-
-
-def fetch_peer_status(member: MemberInfo, timeout: float) -> PeerStatus:
-    """Ask a peer for its fresh WAL position; unreachable peers simply do not count."""
-    try:
-        req = urllib.request.Request(member.api_url.rstrip("/") + "/health")
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                body = resp.read()
-        except urllib.error.HTTPError as err:  # 503 still carries the JSON body
-            body = err.read()
-        data = json.loads(body)
-        return PeerStatus(
-            name=member.name,
-            reachable=True,
-            postgres_running=bool(data.get("postgres_running")),
-            in_recovery=data.get("in_recovery"),
-            timeline=data.get("timeline"),
-            lsn=data.get("lsn"),
-            nofailover=bool(data.get("nofailover", member.nofailover)),
-        )
-    except (OSError, ValueError, urllib.error.URLError):
-        return PeerStatus(name=member.name, reachable=False)

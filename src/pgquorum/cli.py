@@ -33,7 +33,7 @@ def _members_table(status: dict[str, Any]) -> str:
                 str(m["term"] if m["term"] is not None else "-"),
                 str(m["timeline"] or "-"),
                 str(m["lag_bytes"] if m["lag_bytes"] is not None else "-"),
-                str(m["pg_port"]),
+                str(m["pg_port"] or "-"),
                 m["api_url"],
                 str(m["agent_pid"] or "-"),
                 str(m["postgres_pid"] or "-"),
@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = with_dir(lsub.add_parser("up", help="start etcd and the members; return when healthy"))
     up.add_argument("--members", type=int, default=3, help="data members (default 3)")
+    up.add_argument(
+        "--witnesses", type=int, default=0, help="voting members without PostgreSQL (e.g. 2 members + 1 witness)"
+    )
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for a healthy cluster")
     up.add_argument("--json", action="store_true", help="print the status as JSON")
     up.add_argument("--prometheus", action="store_true", help="also run Prometheus scraping the agents and etcd")
@@ -139,7 +142,13 @@ def _local(args: argparse.Namespace) -> int:
     cmd = args.local_command
     if cmd == "up":
         synchronous = _sync_args(args)
-        cluster.up(members=args.members, timeout=args.timeout, prometheus=args.prometheus, synchronous=synchronous)
+        cluster.up(
+            members=args.members,
+            timeout=args.timeout,
+            prometheus=args.prometheus,
+            synchronous=synchronous,
+            witnesses=args.witnesses,
+        )
         status = cluster.status()
         if args.json:
             print(json.dumps(status, indent=2))
