@@ -19,7 +19,8 @@ import requests
 
 from pgquorum.agent.dcs.base import DCS, DCSError
 from pgquorum.agent.dcs.etcd import EtcdDCS
-from pgquorum.agent.model import HistoryEntry, LeaderStatus, MemberInfo, Role, SyncRecord
+from pgquorum.agent.model import HistoryEntry, LeaderStatus, MemberInfo, Role, SyncRecord, VoterEntry
+from pgquorum.agent.quorum.votes import Vote
 from pgquorum.local.etcd import EtcdServer
 from pgquorum.local.ports import free_port
 
@@ -490,3 +491,51 @@ def test_malformed_fields_in_a_valid_envelope_raise_dcserror(
     answers.append((200, b"{" + header + b", " + kvs + b', "ID": "x", "result": {' + header + b', "TTL": "x"}}'))
     with pytest.raises(DCSError, match="unexpected answer"):
         ALL_CALLS.get(call, lambda d: d.keepalive())(dcs)
+
+
+# -- votes and voters (DESIGN 2.5) ----------------------------------------------------------------
+
+
+def _vote(voter: str, candidate: str, term: int, lsn: int | None = 100) -> Vote:
+    return Vote(voter, term, candidate, lsn, lsn is None, 0.0, None if lsn is None else 1)
+
+
+def test_a_vote_key_is_created_once_per_voter_and_term(etcd: EtcdServer, cluster: str) -> None:
+    a, w = make(etcd, cluster, "a"), make(etcd, cluster, "w")
+    assert a.acquire_leader("a", 0) == 1 and a.release_leader("a")
+    assert a.read_term_and_leader() == (1, None)
+    assert w.create_vote(_vote("w", "a", 2, None)) == (True, None)
+    created, stored = w.create_vote(_vote("w", "b", 2, None))  # a second vote in the same term
+    assert not created and stored is not None and stored.candidate == "a"
+    assert w.create_vote(_vote("w", "a", 3)) == (False, None)  # term 3 is not the next one (term is 1)
+    assert [v.candidate for v, _ in a.get_votes(2)] == ["a"]
+    assert [(v.voter, v.term) for v in a.get_cluster().votes] == [("w", 2)]
+
+
+def test_no_vote_while_a_leader_key_exists(etcd: EtcdServer, cluster: str) -> None:
+    a, w = make(etcd, cluster, "a"), make(etcd, cluster, "w")
+    assert a.acquire_leader("a", 0) == 1
+    assert a.read_term_and_leader() == (1, "a")
+    assert w.create_vote(_vote("w", "b", 2)) == (False, None)
+
+
+def test_leader_txn_checks_every_counted_vote_and_gc_deletes_settled_terms(etcd: EtcdServer, cluster: str) -> None:
+    b, w = make(etcd, cluster, "b"), make(etcd, cluster, "w")
+    assert b.acquire_leader("b", 0) == 1 and b.release_leader("b")
+    assert b.create_vote(_vote("b", "b", 2))[0] and w.create_vote(_vote("w", "b", 2, None))[0]
+    revisions = [(v.voter, rev) for v, rev in b.get_votes(2)]
+    tampered = [(voter, rev - 1) for voter, rev in revisions]
+    assert b.acquire_leader("b", 1, tampered) is None  # a vote key that changed (or vanished) since the tally
+    assert b.acquire_leader("b", 1, revisions) == 2
+    assert b.delete_votes(1) == 0
+    assert b.delete_votes(2) == 2 and b.get_votes(2) == []
+
+
+def test_voters_are_registered_once_without_a_lease(etcd: EtcdServer, cluster: str) -> None:
+    w = make(etcd, cluster, "w")
+    assert w.register_voter(VoterEntry("w", witness=True))
+    assert not w.register_voter(VoterEntry("w", witness=False))
+    w.revoke_lease()
+    state = make(etcd, cluster, "a").get_cluster()
+    assert state.voters == (VoterEntry("w", witness=True),)
+    assert state.voting_members("a") == ("a", "w")
