@@ -69,6 +69,7 @@ class Election:
     at: float  # monotonic instant the keys were read
     votes: tuple[tuple[Vote, int], ...]  # (vote, its key's mod_revision)
     transient: bool = False  # a voter refused only for now (a promise or its start-up about to end)
+    attempt: int = 1  # gatherings for this term so far: quick retries back off towards loop_wait
 
 
 @dataclass(frozen=True)
@@ -711,7 +712,9 @@ def _elect(inp: Inputs, cluster: ClusterState, take: Decision) -> Decision:
                 reason=f"{take.reason}; {result.reason}",
                 election=result,
             )
-        retry = ELECTION_RETRY if e.transient else inp.timing.loop_wait
+        # A promise about to expire is worth a quick retry; one the primary keeps renewing is not.
+        quick = ELECTION_RETRY * 2 ** min(e.attempt - 1, 16)
+        retry = min(quick, inp.timing.loop_wait) if e.transient else inp.timing.loop_wait
         if inp.now - e.at < retry:
             return replace(
                 take,

@@ -148,6 +148,7 @@ class HaLoop:
         self._voting_members: tuple[str, ...] = (cfg.name,)  # from the last etcd read (kept without etcd)
         self._voter_urls: dict[str, str] = {}  # last known API URL of each voter
         self._election: Election | None = None  # our last vote gathering (RequestVotes)
+        self._last_election_outcome: object = None  # to log a repeated outcome at debug level only
         self._retry_in: float | None = None
         self._last_pg = PostgresState(False, False)
         self.guard = FenceGuard(
@@ -468,9 +469,19 @@ class HaLoop:
         transient = any(
             isinstance(a, Refusal) and a.code in (RefusalCode.PROMISED, RefusalCode.STARTING) for a in answers.values()
         )
-        self._election = Election(term, self.clock.monotonic(), tuple(votes), transient)
+        previous = self._election
+        attempt = previous.attempt + 1 if previous is not None and previous.term == term else 1
+        self._election = Election(term, self.clock.monotonic(), tuple(votes), transient, attempt)
         refusals = {n: f"{a.code.value}: {a.reason}" for n, a in answers.items() if isinstance(a, Refusal)}
-        log.info(
+        outcome = (
+            term,
+            tuple(sorted(v.voter for v, _ in votes)),
+            tuple(sorted((n, a.code) for n, a in answers.items() if isinstance(a, Refusal))),
+        )
+        repeated = outcome == self._last_election_outcome
+        self._last_election_outcome = outcome
+        log.log(
+            logging.DEBUG if repeated else logging.INFO,
             "votes gathered",
             extra={
                 "event": "election",

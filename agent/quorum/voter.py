@@ -98,6 +98,7 @@ class VoterService:
         self.granted: dict[str, int] = {"vote": 0, "promise": 0}
         self.refused: dict[tuple[str, str], int] = {}
         self.last_vote: Vote | None = None
+        self._last_refusal: object = None
 
     # -- from the loop ---------------------------------------------------------------------------
     def observe(self, term: int, own_votes: list[tuple[int, str]], local: LocalView) -> None:
@@ -159,7 +160,12 @@ class VoterService:
         self._count("vote", result)
         extra = {"candidate": request.candidate, "term": request.term}
         if isinstance(result, Refusal):
-            log.info(
+            # A candidate retries while it waits for a promise to end: log each new refusal once.
+            key = (request.candidate, request.term, result.code)
+            level = logging.DEBUG if key == self._last_refusal else logging.INFO
+            self._last_refusal = key
+            log.log(
+                level,
                 "vote refused",
                 extra={"event": "vote_refused", **extra, "code": result.code.value, "reason": result.reason},
             )

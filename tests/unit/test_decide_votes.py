@@ -206,10 +206,13 @@ def test_no_majority_waits_and_asks_again_after_loop_wait() -> None:
     assert later.actions == (RequestVotes(4),)
 
 
-def test_a_refusal_about_to_expire_is_retried_soon() -> None:
+def test_a_refusal_about_to_expire_is_retried_soon_then_less_often() -> None:
     e = Election(4, NOW, ((vote("b"), 41),), transient=True)
     d = decide(replica_inputs(voting=voting(election=e)))
     assert d.retry_in == ELECTION_RETRY
+    # A promise the primary keeps renewing (it is cut from etcd, not dead): back off to loop_wait.
+    later = [decide(replica_inputs(voting=voting(election=replace(e, attempt=n)))).retry_in for n in (2, 3, 5)]
+    assert later == [2 * ELECTION_RETRY, 4 * ELECTION_RETRY, T.loop_wait]
 
 
 def test_a_candidate_behind_a_vote_of_the_term_never_takes_the_key() -> None:
