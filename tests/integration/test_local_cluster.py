@@ -180,7 +180,11 @@ def test_failover_after_sigkill_of_primary_node_loses_no_replicated_write(cluste
 
 def test_back_to_back_failovers_with_two_members_killed(cluster: LocalCluster) -> None:
     """Kill the leader, then the next leader as soon as it writes: the last replica must still be
-    eligible although its checkpoint timeline lags (its WAL receiver dies with each leader)."""
+    eligible although its checkpoint timeline lags (its WAL receiver dies with each leader).
+
+    With quorum votes the last replica alone is 1 of 3 voting members: it must not be promoted
+    until a second voter is back -- the first member killed, which is on an older timeline, so it
+    votes for the last replica rather than running itself."""
     before = wait_for(lambda: healthy(cluster), 60, "healthy cluster")
     killed: list[str] = []
     term = before["term"]
@@ -209,6 +213,13 @@ def test_back_to_back_failovers_with_two_members_killed(cluster: LocalCluster) -
             except psycopg.Error:
                 return None
 
+        if round_ == 1:
+            quiet_until = time.monotonic() + 2 * 3.0  # twice the default ttl
+            while time.monotonic() < quiet_until:
+                lone = status(cluster)
+                assert lone["leader"] is None or lone["term"] <= term, f"promoted without a majority: {lone}"
+                time.sleep(0.2)
+            run_cli("local", "start", "--member", killed[0], "--data-dir", str(cluster.data_dir))
         term = wait_for(new_leader_writes, 30, f"failover #{round_ + 1}", interval=0.1)["term"]
     for name in killed:
         run_cli("local", "start", "--member", name, "--data-dir", str(cluster.data_dir))
@@ -258,13 +269,17 @@ def test_crashed_postgres_on_the_leader_is_restarted_in_place(cluster: LocalClus
     assert after["leader"] == leader and after["term"] == before["term"], "a restartable crash caused a failover"
 
 
-def test_primary_stops_accepting_writes_before_ttl_when_etcd_is_lost(cluster: LocalCluster) -> None:
+def test_primary_stops_accepting_writes_before_ttl_when_etcd_and_its_voters_are_lost(cluster: LocalCluster) -> None:
+    """With quorum votes (the default) a primary cut from etcd serves on as long as a majority of
+    voters renews its promise (tests/integration/test_witness_quorum.py); cut from etcd *and* from
+    the other voters (their agents paused), it must stop writes before ttl."""
     s = wait_for(lambda: healthy(cluster), 60, "healthy cluster")
     state = cluster.load()
     leader = next(m for m in s["members"] if m["role"] == "leader")
     ttl = 3.0  # the local cluster runs the default timing
     conn = psycopg.connect(member_dsn(cluster, leader["pg_port"]), autocommit=True)
-    subprocess.run(["kill", "-STOP", str(state.etcd_pid)], check=True)
+    voters = [m["agent_pid"] for m in s["members"] if m["role"] != "leader"]
+    subprocess.run(["kill", "-STOP", str(state.etcd_pid), *map(str, voters)], check=True)
     stopped_at = time.monotonic()
     refused_at = None
     try:
@@ -276,11 +291,11 @@ def test_primary_stops_accepting_writes_before_ttl_when_etcd_is_lost(cluster: Lo
                 break
             time.sleep(0.01)
     finally:
-        subprocess.run(["kill", "-CONT", str(state.etcd_pid)], check=True)
+        subprocess.run(["kill", "-CONT", str(state.etcd_pid), *map(str, voters)], check=True)
         conn.close()
-    assert refused_at is not None, "the primary kept accepting writes without etcd"
+    assert refused_at is not None, "the primary kept accepting writes without etcd and without its voters"
     window = refused_at - stopped_at
-    print(f"primary refused writes {window:.2f}s after etcd stopped (ttl {ttl}s)")
+    print(f"primary refused writes {window:.2f}s after etcd and its voters stopped (ttl {ttl}s)")
     assert window < ttl
     wait_for(lambda: healthy(cluster), 120, "cluster healthy again after etcd returns")
 
