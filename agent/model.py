@@ -96,7 +96,8 @@ class LeaderStatus:
     term: int
     timeline: int
     wal_lsn: int
-    mod_revision: int = 0  # etcd revision of the key when read (not stored): the leader's heartbeat
+    # etcd revision of the key when read (not stored, not part of equality): the leader's heartbeat
+    mod_revision: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
