@@ -10,9 +10,13 @@ import math
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:  # both import ConfigError from here: parsed with a local import below
+    from pgquorum.agent.stonith import Hook
+    from pgquorum.agent.watchdog import WatchdogConfig
 
 
 class ConfigError(ValueError):
@@ -191,6 +195,9 @@ class AgentConfig:
     # Promotions need a majority of votes and the primary serves on a majority of promises (DESIGN
     # 2.5). Every member of a cluster must agree: false is the lease-only mode (no witnesses).
     quorum_votes: bool = True
+    # Hooks that fence the old leader before this member promotes (agent/stonith), and the watchdog.
+    stonith: tuple[Hook, ...] = ()
+    watchdog: WatchdogConfig | None = None  # None: off
 
 
 # What a witness's ``postgres`` holds: nothing on its path ever reads it (it runs no PostgreSQL).
@@ -294,6 +301,11 @@ def _agent_config(data: dict[str, Any], postgres: PostgresSettings, witness: boo
     validate_timing(timing)
     api = _api_settings(data.pop("api", None))
     synchronous = sync_settings(data.pop("synchronous", None))
+    from pgquorum.agent.stonith import parse_hooks
+    from pgquorum.agent.watchdog import parse_watchdog
+
+    stonith = parse_hooks(data.pop("stonith", None))
+    watchdog = parse_watchdog(data.pop("watchdog", None), timing)
 
     endpoints = _need(data, "etcd_endpoints", "")
     if isinstance(endpoints, str):
@@ -332,6 +344,8 @@ def _agent_config(data: dict[str, Any], postgres: PostgresSettings, witness: boo
         api=api,
         synchronous=synchronous,
         witness=witness,
+        stonith=stonith,
+        watchdog=watchdog,
         **{k: v for k, v in rest.items() if k not in {"api_listen", "api_url", "timing"}},
     )
     if not isinstance(cfg.nofailover, bool):

@@ -139,10 +139,12 @@ class LocalCluster:
         synchronous: dict[str, Any] | None = None,
         witnesses: int = 0,
         quorum_votes: bool = True,
+        stonith: list[dict[str, Any]] | None = None,
     ) -> LocalState:
         """``synchronous``: the agents' quorum-commit setting (``{mode, k, durability}``), None: off.
         ``witnesses``: voting members without PostgreSQL. ``quorum_votes``: False runs the lease-only
-        mode (no votes, no promises; for comparisons), which has no use for witnesses."""
+        mode (no votes, no promises; for comparisons), which has no use for witnesses. ``stonith``: the
+        data members' STONITH hooks (agent/stonith), e.g. ``[{"type": "local-kill", "data_dir": DIR}]``."""
         if members < 1 or members > 9:
             raise LocalError(f"--members: expected 1 to 9 data members, got {members}")
         if witnesses < 0 or witnesses > 9:
@@ -168,7 +170,7 @@ class LocalCluster:
                 members=[MemberSlot(f"pg{i + 1}", free_port(), free_port()) for i in range(members)],
                 witnesses=[MemberSlot(f"w{i + 1}", 0, free_port()) for i in range(witnesses)],
             )
-        self._prepare_tree(state, timing or Timing(), synchronous, quorum_votes)
+        self._prepare_tree(state, timing or Timing(), synchronous, quorum_votes, stonith)
         self._start_etcd(state)
         for slot in state.agents():
             self._start_agent(state, slot)
@@ -217,7 +219,12 @@ class LocalCluster:
         self._chown(path, owner)
 
     def _prepare_tree(
-        self, state: LocalState, timing: Timing, synchronous: dict[str, Any] | None = None, quorum_votes: bool = True
+        self,
+        state: LocalState,
+        timing: Timing,
+        synchronous: dict[str, Any] | None = None,
+        quorum_votes: bool = True,
+        stonith: list[dict[str, Any]] | None = None,
     ) -> None:
         self._chown(self.data_dir, state.run_as)
         self.data_dir.chmod(0o755)
@@ -256,6 +263,8 @@ class LocalCluster:
                 config["synchronous"] = dict(synchronous)
             if not quorum_votes:
                 config["quorum_votes"] = False
+            if stonith:
+                config["stonith"] = [dict(hook) for hook in stonith]
             cfg_path = home / "agent.yaml"
             cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
             self._chown(cfg_path, state.run_as)

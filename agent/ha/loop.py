@@ -59,6 +59,7 @@ from pgquorum.agent.ha.decide import (
     switchover_candidate,
 )
 from pgquorum.agent.ha.fence import FenceGuard
+from pgquorum.agent.ha.stonith_gate import OldLeader, StonithGate
 from pgquorum.agent.ha.view import LoopView, role_of
 from pgquorum.agent.metrics import AgentMetrics, FailsafeState
 from pgquorum.agent.model import (
@@ -81,6 +82,7 @@ from pgquorum.agent.quorum.refusal import Refusal, RefusalCode
 from pgquorum.agent.quorum.sync import Quorum, SetSyncStandbys, WriteSyncRecord
 from pgquorum.agent.quorum.voter import LocalView, VoterService
 from pgquorum.agent.quorum.votes import Vote, VoteRequest
+from pgquorum.agent.watchdog import Watchdog, WatchdogMode
 
 log = logging.getLogger("pgquorum.ha")
 
@@ -165,6 +167,10 @@ class HaLoop:
         self._token_term: int | None = None  # the term last written into the database (fencing token)
         self._peer_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="peer")
         self.metrics = AgentMetrics(cfg.name, cfg.cluster, cfg.timing, clock.monotonic)  # GET /metrics
+        wd = cfg.watchdog
+        self.watchdog = Watchdog(wd, clock) if wd is not None and wd.mode is not WatchdogMode.OFF else None
+        self.stonith = StonithGate(cfg.stonith, cfg.cluster, cfg.name, clock, self.metrics)
+        self._old_leader: tuple[int, OldLeader | None] | None = None  # (term, who held it before us)
         if self.voter is not None:
             self.voter.on_answer = self.metrics.count_answer
             self.metrics.failsafe = self._failsafe_state
@@ -232,6 +238,8 @@ class HaLoop:
             log.error("postgres did not stop cleanly", extra={"event": "shutdown", "error": str(exc)})
         if self.keeper is not None:
             self.keeper.stop()
+        if self.watchdog is not None:  # postgres is down: a reset would only add harm
+            self.watchdog.disable()
         if was_leader:
             try:
                 self.dcs.release_leader(self.cfg.name)
@@ -310,9 +318,32 @@ class HaLoop:
             self._view = LoopView(
                 cluster, pg_after, decision, cluster is not None, self.clock.monotonic(), sync_obs, sync
             )
+        self._feed_watchdog(renewed_at)
         loop_done = self.clock.monotonic()  # metrics
         self.metrics.observe_loop(self._view, loop_done - loop_started, loop_done, memory=self.memory)
         return again
+
+    def _feed_watchdog(self, renewed_at: float | None) -> None:
+        """Armed only while we lead, fed only right after a renewal that kept our key (DESIGN 2.2)."""
+        wd = self.watchdog
+        if wd is None:
+            return
+        m = self.memory
+        if m.leader_term is None:
+            if wd.armed:
+                wd.disable()
+            return
+        if not wd.activate():  # required and unavailable: a leader without it must not stay one
+            self.pg.fence()
+            try:
+                self.dcs.release_leader(self.cfg.name)
+            except DCSError as exc:
+                log.error("releasing the key failed", extra={"event": "release", "error": str(exc)})
+            self.memory = replace(m, leader_term=None, last_renew_sent=None)
+            self.guard.update(self.memory)
+            return
+        if renewed_at is not None and renewed_at == m.last_renew_sent:
+            wd.keepalive(renewed_at)
 
     # -- gathering -----------------------------------------------------------------------
     def _renew_lease(self) -> float | None:
@@ -608,6 +639,11 @@ class HaLoop:
                         )
                     )
             case Promote(term=t):
+                allowed, why = self.stonith.may_promote(t, self._leader_before(cluster, t), self.cfg.timing.loop_wait)
+                if not allowed:
+                    level = logging.ERROR if self.stonith.blocked_reason(t) else logging.WARNING
+                    log.log(level, why, extra={"event": "stonith_gate", "term": t})
+                    return
                 started = self.clock.monotonic()
                 self.pg.promote(timeout=30)
                 done = self.clock.monotonic()
@@ -698,6 +734,19 @@ class HaLoop:
             log.error(
                 "writing the fencing token failed", extra={"event": "fencing_token", "term": term, "error": str(exc)}
             )
+
+    def _leader_before(self, cluster: ClusterState | None, term: int) -> OldLeader | None:
+        """Who led before ``term`` (to fence it); None after a switchover, whose old leader handed over."""
+        if self._old_leader is None or self._old_leader[0] != term:
+            history = self.dcs.get_history()
+            previous = history[-1] if history else None
+            old: OldLeader | None = None
+            if previous is not None and previous.term < term and previous.new_leader != self.cfg.name:
+                member = cluster.member(previous.new_leader) if cluster else None
+                host = urlsplit(member.conn_url).hostname if member and member.conn_url else None
+                old = OldLeader(previous.new_leader, member.api_url if member else None, host)
+            self._old_leader = (term, old)
+        return self._old_leader[1]
 
     def _after_promotion(self, cluster: ClusterState | None, term: int, started: float, done: float) -> None:
         self._write_fencing_token(term)

@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for a healthy cluster")
     up.add_argument("--json", action="store_true", help="print the status as JSON")
     up.add_argument("--prometheus", action="store_true", help="also run Prometheus scraping the agents and etcd")
+    up.add_argument(
+        "--stonith-local-kill",
+        action="store_true",
+        help="before promoting, a new leader SIGKILLs the old leader's agent and postgres (a STONITH hook)",
+    )
     up.add_argument("--sync", choices=["off", "quorum"], default=None, help="quorum commit (synchronous.mode)")
     up.add_argument("--k", type=int, default=None, help="with --sync quorum: standbys that confirm each commit")
     up.add_argument(
@@ -148,6 +153,7 @@ def _local(args: argparse.Namespace) -> int:
             prometheus=args.prometheus,
             synchronous=synchronous,
             witnesses=args.witnesses,
+            stonith=[{"type": "local-kill", "data_dir": str(cluster.data_dir)}] if args.stonith_local_kill else None,
         )
         status = cluster.status()
         if args.json:
