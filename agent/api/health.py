@@ -287,7 +287,9 @@ def cluster_body(cluster: ClusterState | None) -> dict[str, Any]:
         members.append(
             {
                 "name": m.name,
-                "role": m.role.value,
+                # Only the key holder is the leader: a member key still saying "leader" is one loop stale
+                # (right after a switchover) or a deposed primary about to fence itself.
+                "role": Role.DEMOTED.value if m.role is Role.LEADER and not is_leader else m.role.value,
                 "state": m.state,
                 "term": m.term,
                 "timeline": m.timeline,

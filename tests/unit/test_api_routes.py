@@ -476,3 +476,14 @@ def test_secrets_and_bodies_never_reach_the_log(api: Api, loop: FakeLoop, caplog
     assert records[0].principal == "token"  # type: ignore[attr-defined]
     dump = " ".join(str(r.__dict__) for r in caplog.records)
     assert TOKEN not in dump and "777777" not in dump and "Bearer" not in dump
+
+
+def test_cluster_body_shows_only_the_key_holder_as_leader() -> None:
+    from dataclasses import replace
+
+    from pgquorum.agent.api.health import cluster_body
+    from pgquorum.agent.model import LeaderInfo
+
+    moved = replace(cluster(), leader=LeaderInfo("pg2", 6, 100))  # pg1's member key still says leader
+    roles = {m["name"]: m["role"] for m in cluster_body(moved)["members"]}
+    assert roles == {"pg1": "demoted", "pg2": "replica", "pg3": "replica"}
