@@ -1006,7 +1006,9 @@ class HaLoop:
             nofailover=self.cfg.nofailover,
         )
         try:
-            self.dcs.touch_member(member)
+            # The key lives on our lease, which each loop renews: rewrite it only when it changed.
+            if cluster.member(self.cfg.name) != member:
+                self.dcs.touch_member(member)
             unregistered = self.voter is not None and all(v.name != self.cfg.name for v in cluster.voters)
             # Once: from now on our vote counts, and our absence too (DESIGN 2.5).
             if unregistered and self.dcs.register_voter(VoterEntry(self.cfg.name, witness=False)):
