@@ -329,11 +329,16 @@ def test_switchover_to_the_leader_itself_is_refused(cluster: LocalCluster, token
 
 
 def test_a_fenced_primary_answers_503_on_primary(cluster: LocalCluster) -> None:
+    """etcd and the other voters gone (their agents paused): with quorum votes the primary has neither
+    a lease nor a majority of promises, so it fences (with its voters it would serve on)."""
     s = wait_for(lambda: healthy(cluster), 60, "healthy cluster")
     state = cluster.load()
     leader = next(m for m in s["members"] if m["role"] == "leader")
+    voters = [m["agent_pid"] for m in s["members"] if m["role"] != "leader"]
     assert probe(leader["api_url"], "/primary") == 200
-    os.kill(state.etcd_pid or 0, signal.SIGSTOP)
+    paused = [state.etcd_pid or 0, *voters]
+    for pid in paused:
+        os.kill(pid, signal.SIGSTOP)
     stopped_at = time.monotonic()
     first_503 = None
     health_503 = None
@@ -349,7 +354,8 @@ def test_a_fenced_primary_answers_503_on_primary(cluster: LocalCluster) -> None:
                 health_503 = now
             time.sleep(0.05)
     finally:
-        os.kill(state.etcd_pid or 0, signal.SIGCONT)
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)
     assert first_503 is not None and first_503 < TTL, f"/primary still 200 {first_503}s after etcd stopped"
     assert health_503 is not None, "the fenced primary's postgres kept running"
     print(f"/primary turned 503 {first_503:.2f}s and /health {health_503:.2f}s after etcd stopped (ttl {TTL}s)")

@@ -409,3 +409,45 @@ def test_failover_time_with_votes_median_of_five(qc: QuorumCluster) -> None:
         qc.start(leader["name"])
     qc.wait_healthy()
     print(f"failover with votes, 2 data + 1 witness: median {statistics.median(times):.2f}s of {times}")
+
+
+def _median_failover(local: LocalCluster, runs: int) -> list[float]:
+    """SIGKILL the primary node ``runs`` times; seconds until the new primary accepted a write."""
+    q = QuorumCluster(local, {})
+    times = []
+    for _ in range(runs):
+
+        def healthy3() -> dict[str, Any] | None:
+            s = local.status()
+            roles = sorted(m["role"] for m in s["members"])
+            return s if roles == ["leader", "replica", "replica"] else None
+
+        s = wait_for(healthy3, 120, "3 healthy data members", interval=0.3)
+        leader = next(m for m in s["members"] if m["role"] == "leader")
+        others = [m["pg_port"] for m in s["members"] if m["name"] != leader["name"]]
+        Writer(q, leader["pg_port"]).close()
+        killed = time.monotonic()
+        local.kill_member(leader["name"])
+        wait_for(lambda o=others: any(writable(q, p) for p in o), 30, "failover", interval=0.02)
+        times.append(round(time.monotonic() - killed, 3))
+        local.start_member(leader["name"])
+    return times
+
+
+@pytest.mark.chaos
+def test_failover_time_votes_against_lease_only_median_of_five() -> None:
+    """3 data members each way, same machine, same default timing: what the votes cost."""
+    results = {}
+    for votes in (True, False):
+        base = Path(tempfile.mkdtemp(prefix="pgquorum-vs-", dir="/var/tmp"))
+        base.chmod(0o755)
+        local = LocalCluster(base / "cluster")
+        try:
+            local.up(members=3, quorum_votes=votes)
+            results[votes] = _median_failover(local, 5)
+        finally:
+            local.down()
+            shutil.rmtree(base, ignore_errors=True)
+    for votes, times in results.items():
+        label = "quorum votes" if votes else "lease only"
+        print(f"failover, 3 data members, {label}: median {statistics.median(times):.2f}s of {times}")
