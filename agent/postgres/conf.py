@@ -93,7 +93,9 @@ def render_conf(
         "max_replication_slots": "10",
         "wal_keep_size": "256MB",  # a rejoining old primary or a lagging standby still finds its WAL
         "hot_standby_feedback": "on",
-        "wal_retrieve_retry_interval": "1s",  # a standby retries its new upstream quickly after a failover
+        # A standby retries its new upstream quickly after a failover: it often re-points before the
+        # new primary has created its slot, and with quorum commit every commit waits for that retry.
+        "wal_retrieve_retry_interval": "250ms",
         "password_encryption": "scram-sha-256",
     }
     ignored = sorted(k for k in settings.parameters if k in RESERVED)
