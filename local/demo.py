@@ -20,9 +20,11 @@ def _line(status: dict[str, object], t0: float) -> str:
     return f"[{time.monotonic() - t0:6.2f}s] term={status['term']}  {roles}"
 
 
-def run_demo(cluster: LocalCluster, members: int = 3) -> int:
+def run_demo(cluster: LocalCluster, members: int = 2, witnesses: int = 1) -> int:
+    """The default, 2 data members + 1 witness, shows the cheap witness at work: its vote (with the
+    surviving replica's) is the majority that promotes the replica."""
     print(f"starting the local cluster in {cluster.data_dir} ...", flush=True)
-    state = cluster.up(members=members)
+    state = cluster.up(members=members, witnesses=witnesses)
     status = cluster.status()
     leader = status["leader"]
     if not leader:

@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     down = with_dir(lsub.add_parser("down", help="stop everything this cluster started"))
     down.add_argument("--destroy", action="store_true", help="also delete the cluster directory")
     demo = with_dir(lsub.add_parser("demo", help="bring the cluster up, kill the leader, watch the failover"))
-    demo.add_argument("--members", type=int, default=3)
+    demo.add_argument("--members", type=int, default=2, help="data members (default 2)")
+    demo.add_argument("--witnesses", type=int, default=1, help="voting members without PostgreSQL (default 1)")
 
     ctl = sub.add_parser("ctl", help="operate a running cluster through its REST API (same as pgquorumctl)")
     configure_ctl_parser(ctl)
@@ -188,5 +189,5 @@ def _local(args: argparse.Namespace) -> int:
     if cmd == "demo":
         from pgquorum.local.demo import run_demo
 
-        return run_demo(cluster, members=args.members)
+        return run_demo(cluster, members=args.members, witnesses=args.witnesses)
     raise AssertionError(cmd)
