@@ -126,7 +126,7 @@ class Decision:
 
 # An election that failed only because a promise or a voter's start-up quiet period was about to
 # end is retried this soon, rather than a whole loop_wait later.
-ELECTION_RETRY = 0.1
+ELECTION_RETRY = 0.05
 
 
 def fence_deadline(last_renew_sent: float | None, timing: Timing) -> float | None:

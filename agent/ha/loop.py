@@ -261,7 +261,7 @@ class HaLoop:
             peers = self._gather_peers(cluster, sync)
         sync_obs = self._observe_sync(cluster, pg, sync)
         dynamic = effective_dynamic(self.cfg, cluster.config if cluster else None)
-        voting = self._gather_voting(cluster, pg, peers)
+        voting = self._gather_voting(cluster, pg, peers, renewed=renewed_at is not None)
         command = self._command
         inputs = Inputs(
             me=self.cfg.name,
@@ -421,7 +421,7 @@ class HaLoop:
         return FailsafeState(len(voting.members), held, verdict.allowed, verdict.deadline)
 
     def _gather_voting(
-        self, cluster: ClusterState | None, pg: PostgresState, peers: tuple[PeerStatus, ...]
+        self, cluster: ClusterState | None, pg: PostgresState, peers: tuple[PeerStatus, ...], renewed: bool = False
     ) -> Voting | None:
         """Feed our voter with this read, and (leading) make sure a promise round has completed."""
         voter, keeper = self.voter, self.keeper
@@ -429,8 +429,11 @@ class HaLoop:
             return None
         self._last_pg = pg
         me = self.cfg.name
+        grown = False
         if cluster is not None:
-            self._voting_members = cluster.voting_members(me)
+            members = cluster.voting_members(me)
+            grown = bool(set(members) - set(self._voting_members))
+            self._voting_members = members
             for m in cluster.members:
                 self._voter_urls[m.name] = m.api_url
         live = None
@@ -461,8 +464,12 @@ class HaLoop:
             targets = [PromiseTarget(n, self._voter_urls[n]) for n in self._voting_members if n in self._voter_urls]
             keeper.lead(leading, min(since, leading), targets)
             keeper.forget(set(self._voting_members))
-            if not keeper.round_done(leading):
-                keeper.renew_now(wait=True)  # the first decision as leader must see real promises
+            if grown or not keeper.round_done(leading):
+                # The first decision as leader, or the first after a voter joined (the majority grew),
+                # must see real promises: without them it would fence a healthy primary.
+                keeper.renew_now(wait=True)
+            elif renewed:
+                keeper.renew_now(wait=False)  # promises end with the lease, not up to a period later
         election = self._election
         if election is not None and (cluster is None or election.term != cluster.term + 1):
             election = self._election = None

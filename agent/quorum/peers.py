@@ -142,6 +142,7 @@ class PromiseKeeper:
         self._refusals: dict[str, Refusal] = {}
         self._in_flight: set[str] = set()
         self._rounds_done: int | None = None  # term whose first round completed
+        self._driven_at: float | None = None  # last round the loop asked for (after a lease renewal)
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="promise")
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -195,9 +196,15 @@ class PromiseKeeper:
             return self._rounds_done == term
 
     def renew_now(self, wait: bool) -> None:
-        """One round at once; with ``wait``, return when every answer is in (bounded by the timeout)."""
+        """One round at once; with ``wait``, return when every answer is in (bounded by the timeout).
+
+        The loop calls this right after each lease renewal: voters' promises then end right after the
+        leader key would, so a failover waits for neither longer than for the other. The keeper's own
+        timer only takes over while the loop is slower than ``period`` (etcd away or slow).
+        """
         with self._lock:
             term = self._term
+            self._driven_at = self._clock.monotonic()
         futures = self._send_round()
         if not wait:
             return
@@ -212,7 +219,8 @@ class PromiseKeeper:
         while not self._stop.is_set():
             with self._lock:
                 leading = self._term is not None
-            if leading:
+                driven = self._driven_at is not None and self._clock.monotonic() - self._driven_at < 1.5 * self._period
+            if leading and not driven:
                 self._send_round()
             self._wake.wait(self._period)
             self._wake.clear()

@@ -402,6 +402,7 @@ def test_failover_time_with_votes_median_of_five(qc: QuorumCluster) -> None:
     for _ in range(5):
         s = qc.wait_healthy()
         leader, replica = leader_and_replica(s)
+        Writer(qc, leader["pg_port"]).close()  # the table exists (alone, this test runs first)
         killed = time.monotonic()
         qc.kill(leader["name"])
         wait_for(lambda r=replica: writable(qc, r["pg_port"]), 30, "failover", interval=0.02)
