@@ -211,3 +211,31 @@ def test_two_agents_in_one_process_do_not_collide() -> None:
     a.count_switchover()
     assert value(a, "pgquorum_switchovers_total") == 1.0
     assert value(b, "pgquorum_switchovers_total") == 0.0
+
+
+def test_quorum_answers_and_the_failsafe_gauges() -> None:
+    from pgquorum.agent.metrics import FailsafeState
+
+    clock = FakeClock(100.0)
+    m = AgentMetrics("a", "main", T, clock)
+    m.count_answer("vote", True, None)
+    m.count_answer("vote", False, "promised")
+    m.count_answer("promise", False, "newer_term")
+    m.failsafe = lambda: FailsafeState(voting_members=3, promises_held=2, majority=True, deadline=101.5)
+    m.voting_members = lambda: 3
+    m.observe_loop(LoopView(cluster(), PRIMARY, None, True, 100.0), 0.01, 100.0, memory=LEADING)
+    samples = {
+        (s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k not in ("cluster", "member")))): s.value
+        for family in text_string_to_metric_families(m.render()[0].decode())
+        for s in family.samples
+    }
+    answers = "pgquorum_quorum_answers_total"
+    assert samples[(answers, (("kind", "vote"), ("outcome", "granted"), ("reason", "granted")))] == 1
+    assert samples[(answers, (("kind", "vote"), ("outcome", "refused"), ("reason", "promised")))] == 1
+    assert samples[(answers, (("kind", "promise"), ("outcome", "refused"), ("reason", "newer_term")))] == 1
+    assert samples[("pgquorum_promise_majority", ())] == 1
+    assert samples[("pgquorum_promises_held", ())] == 2
+    assert samples[("pgquorum_promise_seconds_remaining", ())] == 1.5
+    assert samples[("pgquorum_voting_members", ())] == 3
+    m.failsafe = lambda: None  # not leading: the leader-only gauges are absent, not zero
+    assert "pgquorum_promise_majority" not in m.render()[0].decode()
