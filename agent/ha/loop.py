@@ -12,6 +12,7 @@ Everything here is I/O glue; the rules live in ``decide.py``. One loop:
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -56,6 +57,7 @@ from pgquorum.agent.ha.decide import (
     Voting,
     decide,
     failsafe_verdict,
+    serving_deadline_at,
     switchover_candidate,
 )
 from pgquorum.agent.ha.fence import FenceGuard
@@ -341,6 +343,14 @@ class HaLoop:
                 log.error("releasing the key failed", extra={"event": "release", "error": str(exc)})
             self.memory = replace(m, leader_term=None, last_renew_sent=None)
             self.guard.update(self.memory)
+            return
+        if self.keeper is not None:
+            # Quorum votes: the primary serves on its majority of promises, with or without etcd, so
+            # the watchdog follows that deadline: fed as if renewed at the deadline's send instant.
+            now = self.clock.monotonic()
+            deadline = serving_deadline_at(m, self.cfg.timing, self._current_voting(), self.cfg.name, now)
+            if deadline is not None and now < deadline:
+                wd.keepalive(now if math.isinf(deadline) else deadline - self.cfg.timing.fence_after())
             return
         if renewed_at is not None and renewed_at == m.last_renew_sent:
             wd.keepalive(renewed_at)
