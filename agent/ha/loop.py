@@ -344,9 +344,11 @@ class HaLoop:
             self.memory = replace(m, leader_term=None, last_renew_sent=None)
             self.guard.update(self.memory)
             return
-        if self.keeper is not None:
+        pg = self.view.pg
+        if self.keeper is not None and pg.running and pg.in_recovery is False:
             # Quorum votes: the primary serves on its majority of promises, with or without etcd, so
             # the watchdog follows that deadline: fed as if renewed at the deadline's send instant.
+            # (An elected standby not promoted yet writes nothing: the lease rule below is enough.)
             now = self.clock.monotonic()
             deadline = serving_deadline_at(m, self.cfg.timing, self._current_voting(), self.cfg.name, now)
             if deadline is not None and now < deadline:
