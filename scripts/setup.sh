@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks and prints the path of a ready virtualenv.
-#   root:      apt packages (postgresql-15, etcd-server, prometheus, python3-venv), venv under /opt/pgquorum-cache
+#   root:      apt packages (postgresql-15, etcd-server, prometheus, python3-venv; nftables and iputils-ping
+#              for the chaos test bed in network namespaces), venv under /opt/pgquorum-cache
 #   non-root:  checks the packages, venv under ~/.cache/pgquorum
 # The venv is built from /usr/bin/python3 outside /root, so the unprivileged 'postgres' user that
 # runs PostgreSQL (which refuses root) can execute it. Reused while pyproject.toml is unchanged.
@@ -12,7 +13,7 @@ log() { echo "setup: $*" >&2; }
 if [ "$(id -u)" = 0 ]; then
   CACHE=${PGQUORUM_CACHE:-/opt/pgquorum-cache}
   missing=()
-  for pkg in postgresql-15 etcd-server prometheus python3-venv; do
+  for pkg in postgresql-15 etcd-server prometheus python3-venv nftables iputils-ping; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
   done
   if [ ${#missing[@]} -gt 0 ]; then
