@@ -6,20 +6,28 @@ What it flags (each a violation unless said otherwise):
 * **phantoms**: an operation whose failure was certain (refused without commit) that is in the
   database anyway, or a transfer refused for lack of funds that is in the transfer log;
 * **split-brain writes**: a write acknowledged by member S with term t (read in its own transaction)
-  although it was *sent* after another member began a newer reign. A reign is (member, term) from
-  the primary intervals (agents' logs, cluster history) or from the history itself (the first ack of
-  a (server, term) pair). "Newer" means a higher term, or the same term first acknowledged later by
-  another member: a new primary reports the previous term until it has written its own into the
-  database, so a stale primary and a just-promoted one can both report term t — the one that began
-  acknowledging later is the newer. Using the send time (not the ack) keeps the detector exact:
-  the commit happened after the send, so after the newer reign began. A member that owns a term
-  at least as new, begun before the send, is the legitimate primary (its term row may lag);
+  although it was *sent* after another member began serving a newer reign: two primaries
+  acknowledging writes at once, on histories that diverged. A reign is (member, term) from the
+  primary intervals (agents' logs, cluster history), serving from the moment its member began
+  promoting (its standby stopped receiving the old primary's WAL then: whatever the old primary
+  commits afterwards is not in the new primary's history), or from the history itself (the first
+  ack of a (server, term) pair). "Newer" means a higher term, or the same term first acknowledged
+  later by another member: a new primary reports the previous term until it has written its own
+  into the database, so a stale primary and a just-promoted one can both report term t — the one
+  that began acknowledging later is the newer. Using the send time (not the ack) keeps the
+  detector exact: the commit happened after the send, so after the newer reign began. A member
+  that owns a term at least as new, begun before the send, is the legitimate primary (its term
+  row may lag);
 * **bank invariants**: the total of all balances is constant (final state and every acknowledged
   read), no balance is negative, and every final balance equals the initial balance plus the
   transfers in the log (no transfer half applied);
 * **recovery**: after every fault's heal, the cluster was healthy again within a bound.
 
-Informational, not violations: overlapping primary intervals of different members (a paused old
+Informational, not violations: **late acks**, writes the old primary acknowledged after another
+member had taken the leader key of a newer term but before that member began promoting (the
+lease rule of DESIGN 2.1 says a primary stops writing before the key can move; such writes
+survive only because the new primary still streamed them before promoting, which the lost-write
+check verifies); overlapping primary intervals of different members (a paused old
 primary still "is" primary until it fences itself; what matters is whether it acknowledges), the
 unavailability window per fault (longest gap between acknowledgements of any client, counted from
 the last acknowledgement before the fault) and in-doubt operations that did commit.
@@ -73,6 +81,7 @@ class FaultVerdict:
     recovered: bool  # healthy again within the bound
     lost: int  # acknowledged writes/transfers lost, sent during this fault's period
     split_brain: int  # split-brain writes sent during this fault's period
+    late_acks: int = 0  # informational: acknowledged by the old primary after the key moved
 
 
 @dataclass
@@ -82,6 +91,7 @@ class Verdict:
     lost: list[dict[str, Any]] = field(default_factory=list)
     phantoms: list[dict[str, Any]] = field(default_factory=list)
     split_brain: list[SplitBrainWrite] = field(default_factory=list)
+    late_acks: list[SplitBrainWrite] = field(default_factory=list)  # informational (module docstring)
     bank: list[str] = field(default_factory=list)
     overlaps: list[dict[str, Any]] = field(default_factory=list)  # informational
     faults: list[FaultVerdict] = field(default_factory=list)
@@ -95,6 +105,7 @@ class Verdict:
             "lost": self.lost,
             "phantoms": self.phantoms,
             "split_brain": [asdict(s) for s in self.split_brain],
+            "late_acks": [asdict(s) for s in self.late_acks],
             "bank": self.bank,
             "overlaps": self.overlaps,
             "faults": [asdict(f) for f in self.faults],
@@ -104,8 +115,9 @@ class Verdict:
 # ----------------------------------------------------------------------------- reigns / split-brain
 
 
-def reigns(ops: Iterable[Op], intervals: Iterable[PrimaryInterval]) -> list[Reign]:
-    """Every (member, term) reign with its earliest known start, from both sources."""
+def reigns(ops: Iterable[Op], intervals: Iterable[PrimaryInterval], *, by_key: bool = False) -> list[Reign]:
+    """Every (member, term) reign with its earliest known start, from both sources: when it began
+    serving (``by_key``: when it took the leader key, intervals only)."""
     best: dict[tuple[str, int], Reign] = {}
 
     def add(r: Reign) -> None:
@@ -114,10 +126,11 @@ def reigns(ops: Iterable[Op], intervals: Iterable[PrimaryInterval]) -> list[Reig
             best[(r.member, r.term)] = r
 
     for iv in intervals:
-        add(Reign(iv.member, iv.term, iv.start, "interval"))
-    for op in ops:
-        if op.acked and op.mutates and op.server is not None and op.term is not None and op.ack is not None:
-            add(Reign(op.server, op.term, op.ack, "history"))
+        add(Reign(iv.member, iv.term, iv.start if by_key else iv.serving_from, "interval"))
+    if not by_key:
+        for op in ops:
+            if op.acked and op.mutates and op.server is not None and op.term is not None and op.ack is not None:
+                add(Reign(op.server, op.term, op.ack, "history"))
     return sorted(best.values(), key=lambda r: (r.start, r.term, r.member))
 
 
@@ -129,10 +142,15 @@ def _newer(candidate: Reign, own: Reign | None, term: int) -> bool:
     return own is None or candidate.start > own.start
 
 
-def split_brain_writes(ops: Sequence[Op], intervals: Sequence[PrimaryInterval]) -> list[SplitBrainWrite]:
-    all_reigns = reigns(ops, intervals)
+def split_brain_writes(
+    ops: Sequence[Op], intervals: Sequence[PrimaryInterval], *, by_key: bool = False
+) -> list[SplitBrainWrite]:
+    """Writes sent after another member began serving a newer reign (``by_key``: took its key)."""
+    all_reigns = reigns(ops, intervals, by_key=by_key)
+    # the answering member's own reigns always count from their first sign of life
+    own_reigns = reigns(ops, intervals) if by_key else all_reigns
     by_member: dict[str, list[Reign]] = {}
-    for r in all_reigns:
+    for r in own_reigns:
         by_member.setdefault(r.member, []).append(r)
     found: list[SplitBrainWrite] = []
     for op in ops:
@@ -270,6 +288,7 @@ def fault_verdicts(
     lost: Sequence[Op],
     split: Sequence[SplitBrainWrite],
     recovery_bound: float,
+    late: Sequence[SplitBrainWrite] = (),
 ) -> list[FaultVerdict]:
     end_of_history = max((o.ack or o.send for o in ops), default=0.0)
     ordered = sorted(faults, key=lambda f: f.start)
@@ -280,6 +299,7 @@ def fault_verdicts(
         recovery = None if f.heal is None or f.healthy is None else round(max(0.0, f.healthy - f.heal), 3)
         n_lost = sum(1 for o in lost if f.start <= o.send < until)
         n_split = sum(1 for s in split if f.start <= float(s.op["send"]) < until)
+        n_late = sum(1 for s in late if f.start <= float(s.op["send"]) < until)
         out.append(
             FaultVerdict(
                 name=f.name,
@@ -292,6 +312,7 @@ def fault_verdicts(
                 recovered=recovery is not None and recovery <= recovery_bound,
                 lost=n_lost,
                 split_brain=n_split,
+                late_acks=n_late,
             )
         )
     return out
@@ -309,6 +330,12 @@ def check(history: History, recovery_bound: float = 120.0) -> Verdict:
     counts["ops"] = len(ops)
     counts["acked_without_term"] = sum(1 for o in ops if o.acked and o.mutates and o.term is None)
     split = split_brain_writes(ops, history.intervals)
+    flagged = {(s.op["client"], s.op["op"]) for s in split}
+    late = [
+        s
+        for s in split_brain_writes(ops, history.intervals, by_key=True)
+        if (s.op["client"], s.op["op"]) not in flagged
+    ]
     lost: list[Op] = []
     phantoms: list[Op] = []
     bank: list[str] = []
@@ -319,10 +346,11 @@ def check(history: History, recovery_bound: float = 120.0) -> Verdict:
         lost, phantoms, counts["in_doubt_committed"] = lost_and_phantoms(ops, history.final)
         bank = bank_violations(ops, history.final)
     end_of_history = max((o.ack or o.send for o in ops), default=0.0)
-    faults = fault_verdicts(ops, history.faults, lost, split, recovery_bound)
+    faults = fault_verdicts(ops, history.faults, lost, split, recovery_bound, late)
     counts["lost"] = len(lost)
     counts["phantoms"] = len(phantoms)
     counts["split_brain"] = len(split)
+    counts["late_acks"] = len(late)
     counts["bank_violations"] = len(bank)
     if lost:
         problems.append(f"{len(lost)} acknowledged writes/transfers are missing from the final database")
@@ -348,6 +376,7 @@ def check(history: History, recovery_bound: float = 120.0) -> Verdict:
         lost=[o.brief() for o in lost[:EXAMPLES]],
         phantoms=[o.brief() for o in phantoms[:EXAMPLES]],
         split_brain=split[:EXAMPLES],
+        late_acks=late[:EXAMPLES],
         bank=bank,
         overlaps=primary_overlaps(history.intervals, end_of_history),
         faults=faults,

@@ -5,8 +5,9 @@
   transaction* (``pgquorum.current_term()``) and the outcome: ``ok`` (acknowledged), ``fail``
   (certainly not applied: refused before or without commit) or ``unknown`` (may or may not have
   been applied: the connection broke or timed out around the commit).
-* ``PrimaryInterval``: a member was primary for a term from ``start`` (taken from the agents' logs
-  and the cluster history), until ``end`` when that is known.
+* ``PrimaryInterval``: a member led a term from ``start`` (it took the leader key: agents' logs,
+  cluster history) and could accept writes from ``serving`` (it began promoting; the same as
+  ``start`` when it was primary already), until ``end`` when that is known.
 * ``FinalState``: what the database holds after healing and quiescence.
 * ``FaultWindow``: when a fault was injected and healed, and when the cluster was healthy again.
 
@@ -87,8 +88,13 @@ class Op:
 class PrimaryInterval:
     member: str
     term: int
-    start: float
+    start: float  # took the leader key
     end: float | None = None  # None: not known to have ended
+    serving: float | None = None  # began promoting (None: was primary already, i.e. from ``start``)
+
+    @property
+    def serving_from(self) -> float:
+        return self.start if self.serving is None else max(self.start, self.serving)
 
 
 @dataclass(frozen=True)

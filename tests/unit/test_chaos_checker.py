@@ -194,6 +194,28 @@ def test_stale_primary_acknowledging_after_the_new_term_began_is_flagged() -> No
     assert "split-brain" in v.problems[0] and "n2 began term 2" in v.problems[0]
 
 
+def test_acks_after_the_key_moved_but_before_the_new_primary_promoted_are_late_not_split_brain() -> None:
+    """n2 took the key at 7.5 and began promoting at 7.9: until then it still streamed n1's WAL."""
+    rec, _, faults = failover_history()
+    intervals = [PrimaryInterval("n1", 1, 0.0, 5.0), PrimaryInterval("n2", 2, 7.5, serving=7.9)]
+    late = rec.op("stale", "n1", 1, 7.6, 7.61)
+    split = rec.op("stale", "n1", 1, 7.95, 7.96)
+    v = check(History(rec.ops, intervals, final_of(rec), faults))
+    assert [s.op["key"] for s in v.split_brain] == [split.key]
+    assert [s.op["key"] for s in v.late_acks] == [late.key]
+    assert v.counts["late_acks"] == 1 and v.counts["split_brain"] == 1
+    assert v.faults[0].late_acks == 1 and v.faults[0].split_brain == 1
+    # late acks alone are not a violation
+    rec.ops.remove(split)
+    v = check(History(rec.ops, intervals, final_of(rec), faults))
+    assert v.ok and v.counts["late_acks"] == 1
+
+
+def test_serving_never_precedes_the_key() -> None:
+    assert PrimaryInterval("n2", 2, 7.5, serving=7.0).serving_from == 7.5
+    assert PrimaryInterval("n2", 2, 7.5).serving_from == 7.5
+
+
 def test_split_brain_is_found_from_the_history_alone() -> None:
     """Without intervals: n2's first ack with term 2 (8.004) is the evidence."""
     rec, _, _ = failover_history()
