@@ -38,7 +38,7 @@ from pgquorum.agent.model import ClusterState, Role
 from pgquorum.agent.quorum.sync import parse_standby_names
 
 # Low-cardinality reasons for ``pgquorum_fencing_events_total{reason}``.
-FENCE_KINDS = ("dcs_unreachable", "lease_expired", "other_leader", "no_leader_key", "guard", "other")
+FENCE_KINDS = ("dcs_unreachable", "lease_expired", "other_leader", "no_leader_key", "no_majority", "guard", "other")
 FAILOVER_PHASES = ("detection", "election", "promotion")
 STONITH_OUTCOMES = ("success", "failure", "timeout", "skipped")
 # ``pgquorum_quorum_answers_total{kind, outcome, reason}``: reason is a RefusalCode value or "granted".

@@ -74,9 +74,14 @@ class Promote:
 
 @dataclass(frozen=True)
 class Fence:
-    """Stop accepting writes now (immediate shutdown of postgres)."""
+    """Stop accepting writes now (immediate shutdown of postgres).
+
+    ``kind``: the metrics label when the decision knows it better than the cluster state does
+    (``no_majority``: the primary lost its majority of promises, DESIGN 2.5).
+    """
 
     reason: str
+    kind: str | None = None
 
 
 @dataclass(frozen=True)

@@ -280,7 +280,7 @@ def _without_dcs(inp: Inputs) -> Decision:
         if deadline is None or inp.now >= deadline:
             why = verdict.reason if verdict is not None else f"the lease of term {m.leader_term} may have expired"
             return Decision(
-                (Fence(f"etcd unreachable and {why}"),),
+                (Fence(f"etcd unreachable and {why}", "no_majority" if verdict is not None else None),),
                 f"etcd unreachable: fencing, {what} ended {inp.now - (deadline or inp.now):.2f}s ago",
                 Role.DEMOTED,
                 replace(m, leader_term=None, last_renew_sent=None, since_term=None),
@@ -402,7 +402,7 @@ def _lead(inp: Inputs, cluster: ClusterState) -> Decision:
             # Voters may elect someone else now: stop writes, and hand the key back so they can.
             return Decision(
                 (
-                    Fence(f"term {cluster.term}: {verdict.reason}"),
+                    Fence(f"term {cluster.term}: {verdict.reason}", "no_majority"),
                     ReleaseLeader(f"fenced for lack of a majority of promises in term {cluster.term}"),
                 ),
                 "no majority of promises: fencing and releasing the leader key",
@@ -633,7 +633,7 @@ def _race(inp: Inputs, cluster: ClusterState) -> Decision:
                 # member may be elected any moment, so stop writes first and run as a standby.
                 why = "no leadership known" if m.leader_term is None else "no majority of promises"
                 return Decision(
-                    (Fence(f"writable primary without the leader key and {why}"),),
+                    (Fence(f"writable primary without the leader key and {why}", "no_majority"),),
                     f"primary without leader key and {why}: fencing before the election",
                     Role.DEMOTED,
                     replace(m, leader_term=None, last_renew_sent=None, since_term=None),

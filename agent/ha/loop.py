@@ -667,9 +667,9 @@ class HaLoop:
                 self.pg.promote(timeout=30)
                 done = self.clock.monotonic()
                 self._after_promotion(cluster, t, started, done)
-            case Fence(reason=reason):
+            case Fence(reason=reason, kind=kind):
                 elapsed = self.pg.fence()
-                self.metrics.count_fence(self.metrics.fence_kind(cluster))
+                self.metrics.count_fence(kind or self.metrics.fence_kind(cluster))
                 log.error(
                     "fenced: postgres stopped accepting writes",
                     extra={"event": "fence", "reason": reason, "term": term, "seconds": round(elapsed, 3)},

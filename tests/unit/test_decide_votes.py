@@ -125,6 +125,7 @@ def test_without_a_majority_of_promises_the_primary_fences_and_releases_its_key_
     assert d.role is Role.DEMOTED
     assert d.memory.leader_term is None
     assert "only 1 of 3" in d.actions[0].reason
+    assert d.actions[0].kind == "no_majority"  # the metrics label
 
 
 def test_promises_to_another_primary_or_an_older_leadership_do_not_count() -> None:
