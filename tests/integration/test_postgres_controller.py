@@ -252,8 +252,10 @@ def test_fence_is_bounded_and_stops_writes(make: Factory) -> None:
     client.execute("BEGIN")
     client.execute("CREATE TABLE pending (v int)")
 
+    # The bound is fence()'s own: 0.5 s for SIGQUIT, then SIGKILL and up to 1 s more (a loaded
+    # 2-core CI machine can push a healthy postmaster's exit past 0.5 s).
     elapsed = timed("fence (healthy postmaster)", a.fence)
-    assert elapsed < 1.0
+    assert elapsed < 1.6
     assert not process.pid_alive(backend[0])
     with pytest.raises(psycopg.OperationalError):
         client.execute("COMMIT")
@@ -270,7 +272,7 @@ def test_fence_is_bounded_and_stops_writes(make: Factory) -> None:
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)
     elapsed = timed("fence (SIGSTOPped postmaster, escalation)", a.fence)
-    assert 0.4 < elapsed < 1.0
+    assert 0.4 < elapsed < 1.6
     assert not process.pid_alive(pid) and not process.pid_alive(backend[0])
     with pytest.raises(psycopg.OperationalError):
         client.execute("SELECT 1")

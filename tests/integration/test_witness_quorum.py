@@ -58,12 +58,17 @@ class TcpProxy:
     def __init__(self, target_port: int):
         self.target = ("127.0.0.1", target_port)
         self.listener = socket.create_server(("127.0.0.1", 0))
+        # accept() polls so that close() can stop the thread *before* closing the listener: a thread
+        # blocked in accept() on a closed descriptor number later accepts on whatever socket reuses
+        # that number (it stole a later test's HTTP connections and hung the suite).
+        self.listener.settimeout(0.2)
         self.port = self.listener.getsockname()[1]
         self.blocked = threading.Event()
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
 
     @property
     def url(self) -> str:
@@ -83,6 +88,7 @@ class TcpProxy:
 
     def close(self) -> None:
         self._closed = True
+        self._thread.join()
         self.cut()
         self.listener.close()
 
@@ -90,8 +96,11 @@ class TcpProxy:
         while not self._closed:
             try:
                 client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
+            client.settimeout(None)
             if self.blocked.is_set():
                 client.close()
                 continue
