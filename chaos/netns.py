@@ -183,6 +183,10 @@ class TestBed:
                 atexit.unregister(self.down)
             self._release_lock()
 
+    @property
+    def is_up(self) -> bool:
+        return self._up
+
     def __enter__(self) -> TestBed:
         return self.up()
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pgquorum.agent.config import ConfigError
+from pgquorum.chaos.cli import configure_parser as configure_chaos_parser
 from pgquorum.ctl.main import configure_parser as configure_ctl_parser
 
 
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ctl = sub.add_parser("ctl", help="operate a running cluster through its REST API (same as pgquorumctl)")
     configure_ctl_parser(ctl)
+    configure_chaos_parser(sub.add_parser("chaos", help="fault injection in network namespaces, history checker"))
     return p
 
 
@@ -108,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         from pgquorum.ctl.main import run as run_ctl
 
         return run_ctl(args)
+    if args.command == "chaos":
+        from pgquorum.chaos.cli import run as run_chaos
+
+        return run_chaos(args)
     try:
         if args.command == "agent":
             from pgquorum.agent.main import run_agent

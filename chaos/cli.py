@@ -1,0 +1,133 @@
+"""``pgquorum chaos``: ``run`` the fault catalogue against a cluster in network namespaces,
+``check`` a recorded history again, ``list`` the faults."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def configure_parser(chaos: argparse.ArgumentParser) -> None:
+    sub = chaos.add_subparsers(dest="chaos_command", required=True, parser_class=type(chaos))
+    run = sub.add_parser(
+        "run",
+        help="faults against a 3 etcd + 3 member cluster in network namespaces (root); table + report folder",
+    )
+    run.add_argument("--scenario", default="smoke", help="all, smoke (default) or a comma-separated list of faults")
+    run.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="after one pass over the faults, keep injecting random ones of them until this many seconds",
+    )
+    run.add_argument("--seed", type=int, default=None, help="random seed (default: from the clock; printed)")
+    run.add_argument("--hold", type=float, default=None, help="hold every fault this many seconds (default: per fault)")
+    run.add_argument("--out", type=Path, default=None, help="report folder (default chaos-results/<time>)")
+    run.add_argument("--recovery-bound", type=float, default=90.0, help="seconds to be healthy again after a heal")
+    run.add_argument(
+        "--async", dest="asynchronous", action="store_true", help="asynchronous replication (no quorum commit)"
+    )
+    run.add_argument("--keep", action="store_true", help="keep the cluster's data directory under /var/tmp")
+    run.add_argument("--json", action="store_true", help="print the verdict as JSON instead of the table")
+    check = sub.add_parser("check", help="check a recorded history.json again")
+    check.add_argument("history", type=Path)
+    check.add_argument("--recovery-bound", type=float, default=90.0)
+    sub.add_parser("list", help="the fault catalogue")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pgquorum.chaos import faults
+
+    if args.chaos_command == "list":
+        for f in faults.CATALOGUE.values():
+            print(f"{f.name:<28} {'smoke ' if f.smoke else '      '}{f.description}")
+        return 0
+    if args.chaos_command == "check":
+        return _check(args)
+    try:
+        return _run(args)
+    except KeyboardInterrupt as exc:
+        print(f"pgquorum: chaos run interrupted ({exc or 'Ctrl-C'}); the cluster was torn down", file=sys.stderr)
+        return 130
+
+
+def _check(args: argparse.Namespace) -> int:
+    import json
+
+    from pgquorum.chaos.checker import check
+    from pgquorum.chaos.history import History, HistoryError
+    from pgquorum.chaos.report import summary_line, table
+
+    try:
+        history = History.load(args.history)
+    except HistoryError as exc:
+        print(f"pgquorum: {exc}", file=sys.stderr)
+        return 2
+    verdict = check(history, args.recovery_bound)
+    print(table(verdict))
+    print(summary_line(verdict))
+    for p in verdict.problems:
+        print(f"  - {p}")
+    if not verdict.ok:
+        print(json.dumps(verdict.to_json()["counts"]))
+    return 0 if verdict.ok else 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    import json
+    import time
+    from dataclasses import replace
+
+    from pgquorum.chaos import faults
+    from pgquorum.chaos.cluster import ClusterSpec
+    from pgquorum.chaos.netns import unavailable_reason
+    from pgquorum.chaos.report import summary_line, table
+    from pgquorum.chaos.runner import RunOptions, default_out
+    from pgquorum.chaos.runner import run as run_chaos
+
+    try:
+        selected = faults.select(args.scenario)
+    except ValueError as exc:
+        print(f"pgquorum: {exc}", file=sys.stderr)
+        return 2
+    reason = unavailable_reason()
+    if reason:
+        print(f"pgquorum: chaos run: {reason}", file=sys.stderr)
+        return 2
+    seed = args.seed if args.seed is not None else int(time.time()) % 100000
+    spec = ClusterSpec()
+    if args.asynchronous:
+        spec = replace(spec, synchronous=None)
+    out = args.out or default_out()
+    opts = RunOptions(
+        faults=selected,
+        out=out,
+        seed=seed,
+        duration=args.duration,
+        hold=args.hold,
+        keep=args.keep,
+        recovery_bound=args.recovery_bound,
+        cluster=spec,
+    )
+    import signal
+
+    def interrupted(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")  # the runner's finally tears the cluster down
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupted)
+    say = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else print
+    say(f"chaos run: seed {seed}, faults {', '.join(f.name for f in selected)}, report in {out}")
+    result = run_chaos(opts, say=say)
+    if args.json:
+        print(json.dumps(result.verdict.to_json(), indent=1))
+    else:
+        print()
+        print(table(result.verdict))
+        print()
+        print(summary_line(result.verdict))
+        for p in result.verdict.problems:
+            print(f"  - {p}")
+        print(f"report: {out / 'report.md'}  (history: {out / 'history.json'})")
+    return 0 if result.verdict.ok else 1

@@ -1,0 +1,141 @@
+"""The report of a chaos run: a table per fault, the verdict, and the files of the report folder.
+
+Folder::
+
+    report.md      the table, the violations, the counts, the setup (human)
+    report.json    the verdict and the run's metadata (machines)
+    history.json   the recorded history: ops, primary intervals, final state, fault windows
+    logs/          the agents', postgres's and etcd's logs
+
+Prometheus time series and their PNG plots per fault (role, term, lease, lag, failover histogram)
+are not produced yet: the run records everything the checker needs; plots come next.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from pgquorum.chaos.checker import FaultVerdict, Verdict
+from pgquorum.chaos.history import History
+
+HEADER = ("FAULT", "TARGET", "UNAVAILABLE (s)", "ACK'D LOST", "SPLIT-BRAIN", "LATE ACKS", "RECOVERY (s)", "OK")
+
+
+def _row(f: FaultVerdict) -> tuple[str, ...]:
+    unavail = "-" if f.unavailability_s is None else f"{f.unavailability_s:.2f}{'+' if f.censored else ''}"
+    recovery = "never" if f.recovery_s is None else f"{f.recovery_s:.1f}"
+    ok = "yes" if f.recovered and not f.lost and not f.split_brain else "NO"
+    return (f.name, f.target or "-", unavail, str(f.lost), str(f.split_brain), str(f.late_acks), recovery, ok)
+
+
+def table(verdict: Verdict) -> str:
+    rows = [HEADER, *(_row(f) for f in verdict.faults)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def markdown_table(verdict: Verdict) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(_row(f)) + " |" for f in verdict.faults]
+    return "\n".join(lines)
+
+
+def summary_line(verdict: Verdict) -> str:
+    c = verdict.counts
+    acked = sum(v for k, v in c.items() if k.endswith("_ok") and not k.startswith("read"))
+    return (
+        f"{'PASS' if verdict.ok else 'FAIL'}: {c.get('ops', 0)} operations, {acked} acknowledged writes/transfers, "
+        f"{c.get('lost', 0)} lost, {c.get('split_brain', 0)} split-brain writes, {c.get('phantoms', 0)} phantoms, "
+        f"{c.get('bank_violations', 0)} bank invariant violations"
+    )
+
+
+def _fmt_time(t: float | None) -> str:
+    return "-" if t is None else time.strftime("%H:%M:%S", time.gmtime(t)) + f".{int((t % 1) * 1000):03d}Z"
+
+
+def markdown(history: History, verdict: Verdict) -> str:
+    meta = history.meta
+    out = [
+        "# pgquorum chaos run",
+        "",
+        f"**{summary_line(verdict)}**",
+        "",
+        markdown_table(verdict),
+        "",
+        "UNAVAILABLE: longest gap between acknowledgements of any client from the last ack before the fault "
+        "until the next fault ('+': writes had not come back). RECOVERY: heal -> one leader and every member "
+        "streaming. ACK'D LOST / SPLIT-BRAIN / LATE ACKS: operations sent during that fault's period. "
+        "LATE ACKS (informational): acknowledged by the old primary after another member took the leader key, "
+        "before that member began promoting; kept by the new primary (else they would count as lost).",
+        "",
+    ]
+    if verdict.problems:
+        out += ["## Violations and errors", ""] + [f"- {p}" for p in verdict.problems] + [""]
+    out += ["## Faults", "", "| fault | target | what | injected | healed | healthy |", "|---|---|---|---|---|---|"]
+    for w in history.faults:
+        out.append(
+            f"| {w.name} | {w.target or '-'} | {w.detail} | {_fmt_time(w.start)} | {_fmt_time(w.heal)} | "
+            f"{_fmt_time(w.healthy)} |"
+        )
+    out += [
+        "",
+        "## Primary intervals (agents' logs and cluster history)",
+        "",
+        "| member | term | took the key | began promoting | ended |",
+        "|---|---|---|---|---|",
+    ]
+    for i in history.intervals:
+        out.append(f"| {i.member} | {i.term} | {_fmt_time(i.start)} | {_fmt_time(i.serving)} | {_fmt_time(i.end)} |")
+    if verdict.overlaps:
+        out += [
+            "",
+            f"{len(verdict.overlaps)} overlapping primary intervals (informational: a deposed primary "
+            "that acknowledges nothing is not a violation; an open end means it died without a log line).",
+        ]
+    out += ["", "## Counts", "", "```", json.dumps(verdict.counts, indent=1), "```", ""]
+    for title, items in (("Lost (examples)", verdict.lost), ("Phantoms (examples)", verdict.phantoms)):
+        if items:
+            out += [f"## {title}", "", "```", *(json.dumps(i) for i in items), "```", ""]
+    if verdict.split_brain:
+        out += ["## Split-brain writes (examples)", ""] + [f"- {s.describe()}" for s in verdict.split_brain] + [""]
+    if verdict.late_acks:
+        out += ["## Late acks (examples; the newer member had taken the key, not yet promoting)", ""]
+        out += [f"- {s.describe()}" for s in verdict.late_acks] + [""]
+    setup = {
+        k: meta.get(k)
+        for k in (
+            "seed",
+            "faults",
+            "duration",
+            "hold",
+            "timing",
+            "synchronous",
+            "quorum_votes",
+            "members",
+            "etcd_members",
+            "versions",
+        )
+    }
+    out += [
+        "## Setup",
+        "",
+        "```",
+        json.dumps(setup, indent=1),
+        "```",
+        "",
+        "Prometheus series and PNG plots per fault are not produced yet (planned).",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def write_report(out: Path, history: History, verdict: Verdict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    history.save(out / "history.json")
+    data: dict[str, Any] = {"meta": history.meta, "verdict": verdict.to_json(), "table": table(verdict)}
+    (out / "report.json").write_text(json.dumps(data, indent=1) + "\n")
+    (out / "report.md").write_text(markdown(history, verdict))
