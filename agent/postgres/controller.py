@@ -609,9 +609,16 @@ class PostgresController:
             return time.monotonic() - started
         process.send_signal(pid, signal.SIGQUIT)
         if not self._wait_gone(pid, 0.5):
-            process.kill_tree(pid)
+            # The postmaster exits after its backends on SIGQUIT, but not on SIGKILL: wait for the
+            # backends too, or one may still be finishing a commit when fence() returns.
+            kids = process.children_of(pid)
+            process.kill_tree(pid, kids)
+            deadline = time.monotonic() + 1.0
             if not self._wait_gone(pid, 1.0):
                 log.error("fence: postgres (pid %s) survived SIGKILL", pid)
+            for kid in kids:
+                if not process.wait_gone(kid, max(0.0, deadline - time.monotonic())):
+                    log.error("fence: postgres backend (pid %s) survived SIGKILL", kid)
         elapsed = time.monotonic() - started
         log.warning("fenced postgres (pid %s) in %.3fs", pid, elapsed)
         return elapsed
