@@ -29,6 +29,12 @@ def configure_parser(chaos: argparse.ArgumentParser) -> None:
         "--async", dest="asynchronous", action="store_true", help="asynchronous replication (no quorum commit)"
     )
     run.add_argument("--keep", action="store_true", help="keep the cluster's data directory under /var/tmp")
+    run.add_argument(
+        "--no-prometheus",
+        dest="prometheus",
+        action="store_false",
+        help="no Prometheus scraping (no per-fault metrics and plots in the report)",
+    )
     run.add_argument("--json", action="store_true", help="print the verdict as JSON instead of the table")
     check = sub.add_parser("check", help="check a recorded history.json again")
     check.add_argument("history", type=Path)
@@ -107,6 +113,7 @@ def _run(args: argparse.Namespace) -> int:
         duration=args.duration,
         hold=args.hold,
         keep=args.keep,
+        prometheus=args.prometheus,
         recovery_bound=args.recovery_bound,
         cluster=spec,
     )

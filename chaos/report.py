@@ -6,9 +6,8 @@ Folder::
     report.json    the verdict and the run's metadata (machines)
     history.json   the recorded history: ops, primary intervals, final state, fault windows
     logs/          the agents', postgres's and etcd's logs
-
-Prometheus time series and their PNG plots per fault (role, term, lease, lag, failover histogram)
-are not produced yet: the run records everything the checker needs; plots come next.
+    metrics/       per fault, the Prometheus series of its window (role, term, lease, lag, failovers)
+    plots/         per fault, a PNG of those series (chaos/prometheus.py)
 """
 
 from __future__ import annotations
@@ -127,10 +126,31 @@ def markdown(history: History, verdict: Verdict) -> str:
         json.dumps(setup, indent=1),
         "```",
         "",
-        "Prometheus series and PNG plots per fault are not produced yet (planned).",
-        "",
     ]
-    return "\n".join(out)
+    return "\n".join(out + metrics_section(meta.get("metrics")))
+
+
+def metrics_section(metrics: Any) -> list[str]:
+    """Links to the per-fault plots and series, and why some are missing (never a verdict)."""
+    out = ["## Metrics (Prometheus)", ""]
+    if not isinstance(metrics, dict):
+        return [*out, "No metrics were recorded for this run.", ""]
+    files = [f for f in metrics.get("files") or [] if isinstance(f, dict)]
+    if files:
+        out += [
+            f"Scraped every {metrics.get('scrape_interval')}; each window runs from 10 s before the inject (at the "
+            "earliest from Prometheus's first scrape) to 10 s after the cluster was healthy again.",
+            "",
+            "| # | fault | plot | series |",
+            "|---|---|---|---|",
+        ]
+        for f in files:
+            plot = f"[{f['plot']}]({f['plot']})" if f.get("plot") else "-"
+            series = f"[{f['metrics']}]({f['metrics']})" if f.get("metrics") else "-"
+            out.append(f"| {f.get('index')} | {f.get('fault')} | {plot} | {series} |")
+        out.append("")
+    out += [f"- {n}" for n in metrics.get("notes") or []]
+    return [*out, ""]
 
 
 def write_report(out: Path, history: History, verdict: Verdict) -> None:

@@ -28,6 +28,7 @@ from pgquorum.chaos.cluster import ChaosCluster, ClusterError, ClusterSpec
 from pgquorum.chaos.faults import Fault
 from pgquorum.chaos.history import FaultWindow, History
 from pgquorum.chaos.procs import REAPER
+from pgquorum.chaos.prometheus import RunMetrics
 from pgquorum.chaos.workload import Workload, WorkloadSpec, digest
 
 
@@ -41,6 +42,7 @@ class RunOptions:
     workdir: Path | None = None
     keep: bool = False  # keep the cluster's directory (data, logs)
     recovery_bound: float = 90.0
+    prometheus: bool = True  # scrape agents and etcd; per-fault series and plots in the report
     warmup: float = 3.0
     settle: float = 3.0
     cluster: ClusterSpec = field(default_factory=ClusterSpec)
@@ -176,10 +178,12 @@ def run(opts: RunOptions, say: Callable[[str], None] = print) -> RunResult:
     wl: Workload | None = None
     history = History([], meta=meta)
     first_fault: list[float] = []
+    metrics = RunMetrics(c, workdir, enabled=opts.prometheus, say=say)
     try:
         t0 = time.time()
         leader = c.up()
         say(f"cluster up in {time.time() - t0:.1f} s: leader {leader}; workdir {workdir}")
+        metrics.start()
         wl = Workload(
             c.dsn(),
             {n: c.dsn(n) for n in c.data},
@@ -224,10 +228,15 @@ def run(opts: RunOptions, say: Callable[[str], None] = print) -> RunResult:
     finally:
         meta["ended"] = time.time()
         meta["errors"] = errors
-        _copy_logs(c, opts.out)
-        c.down()
-        if own_workdir and not opts.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+        try:  # read the fault windows before the bed goes down (its tail would show the teardown)
+            metrics.collect(windows, wait_tail=not any(e.startswith("run aborted") for e in errors))
+        finally:
+            metrics.stop()
+            _copy_logs(c, opts.out)
+            c.down()
+            if own_workdir and not opts.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+    meta["metrics"] = metrics.write(opts.out)  # notes only: metrics never decide the verdict
     verdict = check(history, opts.recovery_bound)
     if errors:
         verdict.ok = False

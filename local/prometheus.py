@@ -25,8 +25,11 @@ class PrometheusError(RuntimeError):
     """Prometheus could not be started (the message holds the end of its log)."""
 
 
-def scrape_config(targets: list[str], etcd_targets: list[str]) -> dict[str, object]:
-    """prometheus.yml: the agents' ``/metrics`` (job ``pgquorum``) and etcd's own (job ``etcd``)."""
+def scrape_config(targets: list[str], etcd_targets: list[str], interval: str = "1s") -> dict[str, object]:
+    """prometheus.yml: the agents' ``/metrics`` (job ``pgquorum``) and etcd's own (job ``etcd``).
+
+    ``interval`` is a Prometheus duration (``1s``, ``500ms``); the scrape timeout equals it (it may not
+    be longer)."""
     jobs: list[dict[str, object]] = [
         {"job_name": "pgquorum", "metrics_path": "/metrics", "static_configs": [{"targets": list(targets)}]}
     ]
@@ -35,7 +38,7 @@ def scrape_config(targets: list[str], etcd_targets: list[str]) -> dict[str, obje
             {"job_name": "etcd", "metrics_path": "/metrics", "static_configs": [{"targets": list(etcd_targets)}]}
         )
     return {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "global": {"scrape_interval": interval, "scrape_timeout": interval, "evaluation_interval": "1s"},
         "scrape_configs": jobs,
     }
 
@@ -52,6 +55,7 @@ class PrometheusServer:
         log_file: Path | None = None,
         etcd_targets: list[str] | None = None,
         binary: str = DEFAULT_BINARY,
+        scrape_interval: str = "1s",
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port
@@ -60,6 +64,7 @@ class PrometheusServer:
         self.run_as = run_as
         self.log_file = Path(log_file) if log_file else self.data_dir.with_name(self.data_dir.name + ".log")
         self.binary = binary
+        self.scrape_interval = scrape_interval
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -89,7 +94,9 @@ class PrometheusServer:
     def write_config(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "data").mkdir(exist_ok=True)
-        self.config_file.write_text(yaml.safe_dump(scrape_config(self.targets, self.etcd_targets), sort_keys=False))
+        self.config_file.write_text(
+            yaml.safe_dump(scrape_config(self.targets, self.etcd_targets, self.scrape_interval), sort_keys=False)
+        )
 
     def start(self, timeout: float = 30) -> None:
         if self.is_running():

@@ -52,6 +52,20 @@ def assert_safe(code: int, verdict: dict[str, Any], log: str, out: Path, faults:
     assert code == 0 and verdict["ok"], f"{verdict['problems']}; {where}"
     for name in ("report.md", "report.json", "history.json", "logs/n1-agent.log", "logs/e1-etcd.log"):
         assert (out / name).exists(), name
+    assert_metrics(out, faults)
+
+
+def assert_metrics(out: Path, faults: list[str]) -> None:
+    """Real Prometheus scraped the run: per fault a PNG and its series, with term and role samples."""
+    report = json.loads((out / "report.json").read_text())
+    metrics = report["meta"]["metrics"]
+    assert [f["fault"] for f in metrics["files"]] == faults, metrics["notes"]
+    for f in metrics["files"]:
+        assert f["plot"] and (out / f["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", (f, metrics["notes"])
+        series = json.loads((out / f["metrics"]).read_text())["series"]
+        for name in ("term", "role"):
+            assert series[name] and all(s["values"] for s in series[name]), (f["fault"], name)
+        assert f["plot"] in (out / "report.md").read_text()
 
 
 @pytest.mark.timeout(420)
