@@ -96,10 +96,13 @@ class Verdict:
     overlaps: list[dict[str, Any]] = field(default_factory=list)  # informational
     faults: list[FaultVerdict] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # one line per violation kind, for humans
+    linearizability: dict[str, Any] | None = None  # the register history's porcupine check (linearizability.py)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
+            "linearizable": None if self.linearizability is None else self.linearizability.get("linearizable"),
+            "linearizability": self.linearizability,
             "counts": self.counts,
             "problems": self.problems,
             "lost": self.lost,

@@ -16,6 +16,8 @@ if [ "$(id -u)" = 0 ]; then
   for pkg in postgresql-15 etcd-server prometheus python3-venv nftables iputils-ping; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
   done
+  # Go builds the chaos linearizability checker (porcupine); any go >= 1.18 will do
+  command -v go >/dev/null || [ -x /usr/local/go/bin/go ] || [ -x /usr/lib/go/bin/go ] || missing+=(golang-go)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -49,5 +51,24 @@ fi
 # The project itself is reinstalled each time (seconds): a copy in site-packages, readable by the
 # postgres user wherever this checkout lives.
 "$VENV/bin/pip" install -q --no-deps --no-build-isolation --force-reinstall . >&2
+# The chaos linearizability checker (chaos/linearize, Go + porcupine from the Go module proxy of the
+# environment): built once per content of its sources, linked into the venv for installed copies.
+GO=$(command -v go || true)
+for g in /usr/local/go/bin/go /usr/lib/go/bin/go; do if [ -z "$GO" ] && [ -x "$g" ]; then GO=$g; fi; done
+if [ -n "$GO" ]; then
+  LIN="$CACHE/linearize-$(cat chaos/linearize/{main.go,go.mod,go.sum} | sha256sum | cut -c1-12)/linearize"
+  if [ ! -x "$LIN" ]; then
+    log "building the linearizability checker into $LIN"
+    mkdir -p "$(dirname "$LIN")"
+    if (cd chaos/linearize && GOFLAGS="-mod=mod ${GOFLAGS:-}" "$GO" build -buildvcs=false -o "$LIN.tmp" . >&2); then
+      mv "$LIN.tmp" "$LIN"
+    else
+      log "building the linearizability checker failed: chaos runs will report the register history unchecked"
+    fi
+  fi
+  if [ -x "$LIN" ]; then ln -sf "$LIN" "$VENV/bin/pgquorum-linearize"; fi
+else
+  log "go not found: chaos runs will report the register history unchecked (install Go >= 1.18)"
+fi
 chmod -R o+rX "$CACHE" 2>/dev/null || true
 echo "$VENV"
