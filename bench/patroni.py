@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.patroni_config import patroni_config
 from bench.procs import (
     PG_BIN,
     REAPER,
@@ -132,63 +133,29 @@ class PatroniSystem(System):
 
     def _write_config(self, m: _PMember) -> None:
         t = self.timing
-        cfg = {
-            "scope": SCOPE,
-            "namespace": NAMESPACE,
-            "name": m.name,
-            "log": {"level": "INFO"},
-            "restapi": {"listen": f"127.0.0.1:{m.api_port}", "connect_address": f"127.0.0.1:{m.api_port}"},
-            "etcd3": {
-                "hosts": [f"127.0.0.1:{self.proxies.port(m.name)}"],
-                "protocol": "http",
-                "use_proxies": True,
-            },
-            "bootstrap": {
-                "dcs": {
-                    "ttl": t.ttl,
-                    "loop_wait": t.loop_wait,
-                    "retry_timeout": t.retry_timeout,
-                    "maximum_lag_on_failover": 1048576,
-                    "postgresql": {
-                        "use_pg_rewind": True,
-                        "use_slots": True,
-                        "parameters": {
-                            "wal_level": "replica",
-                            "hot_standby": "on",
-                            "wal_log_hints": "on",
-                            "max_wal_senders": 10,
-                            "max_replication_slots": 10,
-                            "wal_keep_size": "256MB",
-                            "max_connections": 100,
-                            "shared_buffers": "64MB",
-                            "checkpoint_timeout": "5min",
-                        },
-                    },
-                },
-                "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}],
-            },
-            "postgresql": {
-                "listen": f"127.0.0.1:{m.pg_port}",
-                "connect_address": f"127.0.0.1:{m.pg_port}",
-                "data_dir": str(m.data_dir),
-                "bin_dir": str(PG_BIN),
-                "pgpass": str(m.dir / ".pgpass"),
-                "use_unix_socket": False,
-                "authentication": {
-                    "superuser": {"username": "postgres", "password": "bench"},
-                    "replication": {"username": "replicator", "password": "bench"},
-                },
-                "parameters": {"unix_socket_directories": str(m.dir)},
-                "pg_hba": [
-                    "local all all trust",
-                    "host all all 127.0.0.1/32 trust",
-                    "host replication all 127.0.0.1/32 trust",
-                ],
-                "remove_data_directory_on_rewind_failure": True,
-                "remove_data_directory_on_diverged_timelines": True,
-            },
-            "watchdog": {"mode": "off"},
-        }
+        cfg = patroni_config(
+            m.name,
+            scope=SCOPE,
+            namespace=NAMESPACE,
+            ttl=t.ttl,
+            loop_wait=t.loop_wait,
+            retry_timeout=t.retry_timeout,
+            api_listen=f"127.0.0.1:{m.api_port}",
+            etcd_hosts=[f"127.0.0.1:{self.proxies.port(m.name)}"],
+            use_proxies=True,
+            pg_listen=f"127.0.0.1:{m.pg_port}",
+            data_dir=str(m.data_dir),
+            bin_dir=str(PG_BIN),
+            pgpass=str(m.dir / ".pgpass"),
+            superuser_password="bench",
+            replication_password="bench",
+            local_parameters={"unix_socket_directories": str(m.dir)},
+            pg_hba=[
+                "local all all trust",
+                "host all all 127.0.0.1/32 trust",
+                "host replication all 127.0.0.1/32 trust",
+            ],
+        )
         m.config.write_text(json.dumps(cfg, indent=2))  # JSON is YAML
         os.chown(m.config, *pg_user_ids())
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def configure_parser(chaos: argparse.ArgumentParser) -> None:
@@ -25,6 +26,17 @@ def configure_parser(chaos: argparse.ArgumentParser) -> None:
     run.add_argument("--hold", type=float, default=None, help="hold every fault this many seconds (default: per fault)")
     run.add_argument("--out", type=Path, default=None, help="report folder (default chaos-results/<time>)")
     run.add_argument("--recovery-bound", type=float, default=90.0, help="seconds to be healthy again after a heal")
+    run.add_argument(
+        "--system",
+        default="pgquorum",
+        help="pgquorum (default), patroni, or both comma-separated: one after the other, same faults and seed, "
+        "then a comparison table (Patroni from bench/setup_patroni.sh's venv)",
+    )
+    run.add_argument(
+        "--profile",
+        default="aggressive",
+        help="Patroni's timing: aggressive (ttl 20 / loop_wait 1 / retry_timeout 3, default) or default (30/10/10)",
+    )
     run.add_argument(
         "--async", dest="asynchronous", action="store_true", help="asynchronous replication (no quorum commit)"
     )
@@ -97,6 +109,20 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"pgquorum: {exc}", file=sys.stderr)
         return 2
+    systems = [s.strip() for s in args.system.split(",") if s.strip()]
+    if not systems or len(set(systems)) != len(systems) or any(s not in ("pgquorum", "patroni") for s in systems):
+        print(f"pgquorum: --system: expected pgquorum, patroni or both, got {args.system!r}", file=sys.stderr)
+        return 2
+    if "patroni" in systems:
+        from pgquorum.chaos.patroni_cluster import PROFILES, patroni_available
+
+        if args.profile not in PROFILES:
+            print(f"pgquorum: --profile: expected one of {', '.join(PROFILES)}, got {args.profile!r}", file=sys.stderr)
+            return 2
+        missing = patroni_available()
+        if missing:
+            print(f"pgquorum: chaos run: {missing}", file=sys.stderr)
+            return 2
     reason = unavailable_reason()
     if reason:
         print(f"pgquorum: chaos run: {reason}", file=sys.stderr)
@@ -106,6 +132,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.asynchronous:
         spec = replace(spec, synchronous=None)
     out = args.out or default_out()
+    if systems != ["pgquorum"]:
+        return _run_systems(args, systems, selected, spec, seed, out)
     opts = RunOptions(
         faults=selected,
         out=out,
@@ -138,3 +166,60 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  - {p}")
         print(f"report: {out / 'report.md'}  (history: {out / 'history.json'})")
     return 0 if result.verdict.ok else 1
+
+
+def _run_systems(
+    args: argparse.Namespace, systems: list[str], selected: list[Any], spec: Any, seed: int, out: Path
+) -> int:
+    """Each system on a fresh bed, one after the other, same faults and seed; reports in
+    ``out/<system>/``, the comparison in ``out/comparison.md``."""
+    import json
+    import signal
+
+    from pgquorum.chaos.checker import Verdict
+    from pgquorum.chaos.history import History
+    from pgquorum.chaos.patroni_cluster import patroni_spec
+    from pgquorum.chaos.report import comparison, summary_line, table
+    from pgquorum.chaos.runner import RunOptions
+    from pgquorum.chaos.runner import run as run_chaos
+
+    def interrupted(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")  # the runner's finally tears the cluster down
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupted)
+    say = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else print
+    runs: dict[str, tuple[History, Verdict]] = {}
+    for system in systems:
+        cluster = patroni_spec(args.profile, spec) if system == "patroni" else spec
+        label = f"{system} ({args.profile} profile)" if system == "patroni" else system
+        say(f"chaos run [{label}]: seed {seed}, faults {', '.join(f.name for f in selected)}, report in {out / system}")
+        opts = RunOptions(
+            faults=selected,
+            out=out / system,
+            seed=seed,
+            duration=args.duration,
+            hold=args.hold,
+            keep=args.keep,
+            prometheus=args.prometheus,
+            recovery_bound=args.recovery_bound,
+            cluster=cluster,
+            system=system,
+        )
+        result = run_chaos(opts, say=say)
+        runs[system] = (result.history, result.verdict)
+        if not args.json:
+            print(f"\n== {label}\n{table(result.verdict)}\n{summary_line(result.verdict)}")
+            for p in result.verdict.problems:
+                print(f"  - {p}")
+    text = comparison(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "comparison.md").write_text(
+        f"# chaos: {', '.join(systems)} (seed {seed}, Patroni profile {args.profile})\n\n"
+        f"Command: `pgquorum {' '.join(sys.argv[1:])}`\n\n{text}\n"
+    )
+    if args.json:
+        print(json.dumps({s: v.to_json() for s, (_h, v) in runs.items()}, indent=1))
+    else:
+        print(f"\n== comparison (seed {seed})\n{text}\nreports: {out}/<system>/report.md, {out / 'comparison.md'}")
+    return 0 if all(v.ok for _h, v in runs.values()) else 1

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pgquorum.chaos.checker import FaultVerdict, Verdict
-from pgquorum.chaos.history import History
+from pgquorum.chaos.history import FaultWindow, History
 
 HEADER = ("FAULT", "TARGET", "UNAVAILABLE (s)", "ACK'D LOST", "SPLIT-BRAIN", "LATE ACKS", "RECOVERY (s)", "OK")
 
@@ -159,3 +159,64 @@ def write_report(out: Path, history: History, verdict: Verdict) -> None:
     data: dict[str, Any] = {"meta": history.meta, "verdict": verdict.to_json(), "table": table(verdict)}
     (out / "report.json").write_text(json.dumps(data, indent=1) + "\n")
     (out / "report.md").write_text(markdown(history, verdict))
+
+
+# ----------------------------------------------------------------------------- systems compared
+
+
+def old_primary_last_ack(history: History, window: FaultWindow) -> float | None:
+    """Seconds from the fault to the last write the fault's target acknowledged before the heal
+    (how long a cut or paused primary kept acknowledging); None when it acknowledged none."""
+    end = window.heal if window.heal is not None else float("inf")
+    acks = [
+        o.ack
+        for o in history.ops
+        if o.acked and o.mutates and o.server == window.target and o.ack is not None and window.start <= o.ack <= end
+    ]
+    return round(max(acks) - window.start, 3) if acks else None
+
+
+def _ratio(ours: float | None, peer: float | None) -> str:
+    if ours is None or peer is None:
+        return "-"
+    if peer == 0:
+        return "=" if ours == 0 else "inf"
+    return f"{ours / peer:.2f}"
+
+
+def _num(v: float | None, fmt: str = "{:.2f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def comparison(runs: dict[str, tuple[History, Verdict]], ours: str = "pgquorum", peer: str = "patroni") -> str:
+    """Per fault (the first occurrence in each run), each system's figures and ``ours/peer``:
+    write unavailability, the target's last acknowledgement between fault and heal (for a primary
+    cut from etcd: how long it kept acknowledging), acknowledged writes lost, split-brain writes,
+    recovery time; markdown."""
+    systems = list(runs)
+    header = ["fault", "metric", *systems] + ([f"{ours}/{peer}"] if ours in runs and peer in runs else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    per: dict[str, dict[str, tuple[FaultWindow, FaultVerdict]]] = {}
+    for s, (h, v) in runs.items():
+        for w, f in zip(h.faults, v.faults, strict=False):
+            per.setdefault(f.name, {}).setdefault(s, (w, f))
+    metrics: list[tuple[str, Any, str]] = [
+        ("unavailable (s)", lambda h, w, f: f.unavailability_s, "{:.2f}"),
+        ("target's last ack, fault -> (s)", lambda h, w, f: old_primary_last_ack(h, w), "{:.2f}"),
+        ("ack'd lost", lambda h, w, f: f.lost, "{:d}"),
+        ("split-brain writes", lambda h, w, f: f.split_brain, "{:d}"),
+        ("recovery (s)", lambda h, w, f: f.recovery_s, "{:.1f}"),
+    ]
+    for fault, by_sys in per.items():
+        for label, get, fmt in metrics:
+            vals = {s: get(runs[s][0], *by_sys[s]) if s in by_sys else None for s in systems}
+            row = [fault, label, *(_num(vals[s], fmt) for s in systems)]
+            if ours in runs and peer in runs:
+                row.append(_ratio(vals[ours], vals[peer]))
+            lines.append("| " + " | ".join(row) + " |")
+    totals = ["total", "ack'd lost / split-brain"]
+    totals += [f"{v.counts.get('lost', 0)} / {v.counts.get('split_brain', 0)}" for _h, v in runs.values()]
+    if ours in runs and peer in runs:
+        totals.append("")
+    lines.append("| " + " | ".join(totals) + " |")
+    return "\n".join(lines)

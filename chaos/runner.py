@@ -46,6 +46,7 @@ class RunOptions:
     warmup: float = 3.0
     settle: float = 3.0
     cluster: ClusterSpec = field(default_factory=ClusterSpec)
+    system: str = "pgquorum"  # or "patroni": the same bed, faults and clients (chaos/patroni_cluster.py)
     workload: WorkloadSpec = field(default_factory=WorkloadSpec)
 
 
@@ -120,8 +121,12 @@ def _converged(c: ChaosCluster) -> bool:
     return len(digests) == 1
 
 
-def _versions() -> dict[str, str]:
+def _versions(system: str = "pgquorum") -> dict[str, str]:
     out = {"kernel": platform.release(), "python": platform.python_version()}
+    if system == "patroni":
+        from pgquorum.chaos.patroni_cluster import patroni_version
+
+        out["patroni"] = patroni_version()
     for name, argv in (("etcd", ["etcd", "--version"]), ("postgres", ["pg_config", "--version"])):
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             out[name] = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.splitlines()[0].strip()
@@ -140,12 +145,23 @@ def _copy_logs(c: ChaosCluster, out: Path) -> None:
         for src, dst in (
             (c.workdir / n / "agent.log", f"{n}-agent.log"),
             (c.workdir / n / "pgdata.pgquorum" / "postgresql.log", f"{n}-postgresql.log"),
+            (c.workdir / n / "pglog" / "postgresql.log", f"{n}-postgresql.log"),  # Patroni bed
         ):
             with contextlib.suppress(OSError):
                 shutil.copyfile(src, logs / dst)
     for e in c.etcd:
         with contextlib.suppress(OSError):
             shutil.copyfile(c.workdir / e / "etcd.log", logs / f"{e}-etcd.log")
+
+
+def make_cluster(system: str, workdir: Path, spec: ClusterSpec) -> ChaosCluster:
+    if system == "patroni":
+        from pgquorum.chaos.patroni_cluster import PatroniChaosCluster
+
+        return PatroniChaosCluster(workdir, spec)
+    if system != "pgquorum":
+        raise ValueError(f"--system: unknown system {system!r} (known: pgquorum, patroni)")
+    return ChaosCluster(workdir, spec)
 
 
 def run(opts: RunOptions, say: Callable[[str], None] = print) -> RunResult:
@@ -157,8 +173,9 @@ def run(opts: RunOptions, say: Callable[[str], None] = print) -> RunResult:
     own_workdir = opts.workdir is None
     workdir = opts.workdir or Path(tempfile.mkdtemp(prefix="pgquorum-chaos-", dir="/var/tmp"))
     rng = random.Random(opts.seed)
-    c = ChaosCluster(workdir, opts.cluster)
+    c = make_cluster(opts.system, workdir, opts.cluster)
     meta: dict[str, Any] = {
+        "system": opts.system,
         "seed": opts.seed,
         "faults": [f.name for f in opts.faults],
         "duration": opts.duration,
@@ -170,7 +187,7 @@ def run(opts: RunOptions, say: Callable[[str], None] = print) -> RunResult:
         "members": opts.cluster.members,
         "etcd_members": opts.cluster.etcd_members,
         "workload": asdict(opts.workload),
-        "versions": _versions(),
+        "versions": _versions(opts.system),
         "workdir": str(workdir),
     }
     windows: list[FaultWindow] = []
