@@ -48,8 +48,17 @@ def summary_line(verdict: Verdict) -> str:
     return (
         f"{'PASS' if verdict.ok else 'FAIL'}: {c.get('ops', 0)} operations, {acked} acknowledged writes/transfers, "
         f"{c.get('lost', 0)} lost, {c.get('split_brain', 0)} split-brain writes, {c.get('phantoms', 0)} phantoms, "
-        f"{c.get('bank_violations', 0)} bank invariant violations"
+        f"{c.get('bank_violations', 0)} bank invariant violations" + _linearizable(verdict)
     )
+
+
+def _linearizable(verdict: Verdict) -> str:
+    lin = verdict.linearizability
+    if lin is None:
+        return ""
+    decided = lin.get("linearizable")
+    word = "yes" if decided is True else "NO" if decided is False else f"unknown ({lin.get('result')})"
+    return f", register linearizable: {word} ({lin.get('ops_checked', 0)} of {lin.get('ops', 0)} ops checked)"
 
 
 def _fmt_time(t: float | None) -> str:
@@ -74,6 +83,14 @@ def markdown(history: History, verdict: Verdict) -> str:
     ]
     if verdict.problems:
         out += ["## Violations and errors", ""] + [f"- {p}" for p in verdict.problems] + [""]
+    if verdict.linearizability is not None:
+        lin = verdict.linearizability
+        out += ["## Linearizability (register workload, porcupine)", ""]
+        for k, v in sorted(lin.get("keys", {}).items()):
+            out.append(f"- {k}: {v['result']}, {v['ops']} ops, {v['pending']} pending, {v['seconds']:.2f} s")
+        out += [f"- visualization: {Path(p).name}" for p in lin.get("visualizations", [])]
+        out += [f"- {lin['error']}"] if lin.get("error") else []
+        out += ["- history: register.json (`python -m pgquorum.chaos.linearizability register.json`)", ""]
     out += ["## Faults", "", "| fault | target | what | injected | healed | healthy |", "|---|---|---|---|---|---|"]
     for w in history.faults:
         out.append(

@@ -23,12 +23,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pgquorum.chaos import linearizability
 from pgquorum.chaos.checker import Verdict, check
 from pgquorum.chaos.cluster import ChaosCluster, ClusterError, ClusterSpec
 from pgquorum.chaos.faults import Fault
 from pgquorum.chaos.history import FaultWindow, History
 from pgquorum.chaos.procs import REAPER
 from pgquorum.chaos.prometheus import RunMetrics
+from pgquorum.chaos.register import RegisterSpec, RegisterWorkload
 from pgquorum.chaos.workload import Workload, WorkloadSpec, digest
 
 
@@ -48,6 +50,7 @@ class RunOptions:
     cluster: ClusterSpec = field(default_factory=ClusterSpec)
     system: str = "pgquorum"  # or "patroni": the same bed, faults and clients (chaos/patroni_cluster.py)
     workload: WorkloadSpec = field(default_factory=WorkloadSpec)
+    register: RegisterSpec | None = field(default_factory=RegisterSpec)  # None: no linearizability check
 
 
 @dataclass
@@ -187,12 +190,14 @@ def run(opts: RunOptions, say: Callable[[str], None] = print) -> RunResult:
         "members": opts.cluster.members,
         "etcd_members": opts.cluster.etcd_members,
         "workload": asdict(opts.workload),
+        "register": None if opts.register is None else asdict(opts.register),
         "versions": _versions(opts.system),
         "workdir": str(workdir),
     }
     windows: list[FaultWindow] = []
     errors: list[str] = []
     wl: Workload | None = None
+    reg: RegisterWorkload | None = None
     history = History([], meta=meta)
     first_fault: list[float] = []
     metrics = RunMetrics(c, workdir, enabled=opts.prometheus, say=say)
@@ -210,6 +215,10 @@ def run(opts: RunOptions, say: Callable[[str], None] = print) -> RunResult:
             seed=opts.seed,
         )
         wl.setup()
+        if opts.register is not None:  # read / write / cas on a few keys, checked by porcupine after the run
+            reg = RegisterWorkload(c.dsn(), c.member_of_addr, spec=opts.register, seed=opts.seed)
+            reg.setup()
+            reg.start()
         wl.start()
         time.sleep(opts.warmup)
         for fault in _schedule(opts, rng, lambda: first_fault[0] if first_fault else None):
@@ -230,6 +239,8 @@ def run(opts: RunOptions, say: Callable[[str], None] = print) -> RunResult:
             c.wait_healthy(opts.recovery_bound)
         time.sleep(opts.settle)
         wl.stop()
+        if reg is not None:
+            reg.stop()
         if not _wait(lambda: _converged(c), 60, interval=1.0):
             errors.append("the members' data did not converge within 60 s after the run (see the report)")
         leader_now = c.leader()
@@ -237,6 +248,8 @@ def run(opts: RunOptions, say: Callable[[str], None] = print) -> RunResult:
         history = History(wl.ops(), c.primary_intervals(), final, windows, meta)
     except BaseException as exc:
         errors.append(f"run aborted: {type(exc).__name__}: {exc}")
+        if reg is not None:
+            reg.stop()
         if wl is not None:
             wl.stop()
             history = History(wl.ops(), c.primary_intervals() if c.bed.is_up else [], None, windows, meta)
@@ -258,6 +271,8 @@ def run(opts: RunOptions, say: Callable[[str], None] = print) -> RunResult:
     if errors:
         verdict.ok = False
         verdict.problems.extend(errors)
+    if reg is not None:  # register.json + porcupine; anything but a decided "linearizable" fails the run
+        say(f"  {linearizability.record(verdict, reg.ops(), opts.out, reg.spec.check_timeout).describe()}")
     write_report(opts.out, history, verdict)
     return RunResult(history, verdict, opts.out, errors)
 

@@ -208,3 +208,15 @@ def test_record_into_verdict_and_round_trip(binary: Path, tmp_path: Path) -> Non
     assert (tmp_path / "linearizability.html").exists()
     assert lin.load(tmp_path / "register.json") == h.ops
     assert json.loads((tmp_path / "register.json").read_text())["version"] == 1
+
+
+def test_report_shows_the_result(binary: Path, tmp_path: Path) -> None:
+    from pgquorum.chaos.history import History
+    from pgquorum.chaos.report import markdown, summary_line
+
+    h = H().add("setup", "write", "k0", 0, 1, value=0).add("a", "read", "k0", 10, 20, value=0)
+    verdict = Verdict(ok=True, counts={})
+    lin.record(verdict, h.ops, tmp_path)
+    assert verdict.ok is True
+    assert summary_line(verdict).endswith("register linearizable: yes (2 of 2 ops checked)")
+    assert "- k0: ok, 2 ops, 0 pending" in markdown(History([]), verdict)
