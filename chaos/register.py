@@ -40,7 +40,7 @@ END $$;
 """
 WRITE_SQL = (
     b"INSERT INTO chaos_register (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v "
-    b"RETURNING host(inet_server_addr())"
+    b"RETURNING v, host(inet_server_addr())"
 )
 CAS_SQL = b"SELECT o_swapped, host(inet_server_addr()) FROM chaos_register_cas($1, $2, $3)"
 READ_LOCKING_SQL = b"SELECT v, host(inet_server_addr()) FROM chaos_register WHERE k = $1 FOR UPDATE"
@@ -191,7 +191,7 @@ class RegisterWorkload:
                 for i in range(self.spec.keys):
                     send, call = time.time(), time.monotonic_ns()
                     rows = query(conn, WRITE_SQL, [f"k{i}".encode(), b"0"], 30)
-                    addr = rows[0][0].decode() if rows and rows[0][0] is not None else None
+                    addr = rows[0][1].decode() if rows and rows[0][1] is not None else None
                     ops.append(
                         RegisterOp(
                             "setup",
