@@ -302,20 +302,24 @@ def plot_fault(data: dict[str, Any], path: Path) -> None:
 
     def lines(ax: Any, name: str, ylabel: str, symlog: bool = False, integer: bool = False) -> None:
         drawn = False
-        top = 0.0
-        for s in series.get(name, []):
+        top, bottom = 0.0, math.inf
+        for i, s in enumerate(series.get(name, [])):
             ts, ys = with_gaps(s["values"], step)
             xs = [t - t0 for t in ts]
             if xs:
-                ax.step(xs, ys, where="post", label=s["node"], linewidth=1.2)
+                # members often share a value (term): the later lines are thinner, so each stays visible
+                ax.step(xs, ys, where="post", label=s["node"], linewidth=max(1.0, 3.0 - 0.8 * i))
                 drawn = True
                 top = max([top, *(y for y in ys if not math.isnan(y))])
+                bottom = min([bottom, *(y for y in ys if not math.isnan(y))])
         if symlog:
             linthresh = 1024.0 if name == "lag_bytes" else 0.1
             ax.set_yscale("symlog", linthresh=linthresh)
             ax.set_ylim(-linthresh * 0.3, max(top * 2, linthresh * 10))  # a line at 0 stays visible
         if integer:
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            if drawn and math.isfinite(bottom):
+                ax.set_ylim(bottom - 0.5, top + 0.5)
         ax.set_ylabel(ylabel, fontsize=8)
         ax.grid(alpha=0.3)
         if drawn:
