@@ -73,6 +73,7 @@ class ClusterSpec:
     quorum_votes: bool = True
     prefix: str = "pqc"  # namespace / interface prefix
     subnet: str = "10.77.0"
+    data_volume_mb: int | None = 1024  # each member's PGDATA on its own tmpfs of this size (disk-full)
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ class ChaosCluster:
         # (time, member, what) for faults that end a primary's reign without a log line (SIGKILL)
         self.deaths: list[tuple[float, str, str]] = []
         self.cluster_name = "chaos"
+        self.keep_data = False  # copy the tmpfs data volumes to disk at teardown (--keep)
 
     # ------------------------------------------------------------------ addresses / DSNs
 
@@ -200,6 +202,8 @@ class ChaosCluster:
         self._agents.clear()
         self._etcd.clear()
         self.bed.down()  # kills whatever still runs inside the namespaces
+        for n in self.data:
+            self._unmount_volume(self.workdir / n / "pgdata")
 
     def __enter__(self) -> ChaosCluster:
         self.up()
@@ -257,6 +261,7 @@ class ChaosCluster:
             home = self.workdir / n
             home.mkdir(exist_ok=True)
             self._chown_pg(home, 0o755)
+            self._mount_volume(home / "pgdata")
             cfg: dict[str, Any] = {
                 "name": n,
                 "cluster": self.cluster_name,
@@ -299,6 +304,35 @@ class ChaosCluster:
             home = self.workdir / e
             home.mkdir(exist_ok=True)
             self._chown_pg(home, 0o700)
+
+    def _mount_volume(self, pgdata: Path) -> None:
+        """PGDATA on a small tmpfs of its own, so that a fault can fill it (the agent wipes PGDATA's
+        contents, never the directory: a mount point is fine). The logs stay outside it."""
+        if self.spec.data_volume_mb is None:
+            return
+        pgdata.mkdir(exist_ok=True)
+        if not os.path.ismount(pgdata):
+            pw = pwd.getpwnam(PG_USER)
+            opts = f"size={self.spec.data_volume_mb}m,mode=0700,uid={pw.pw_uid},gid={pw.pw_gid}"
+            res = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", opts, "pqchaos-data", str(pgdata)], capture_output=True, text=True
+            )
+            if res.returncode != 0:
+                raise ClusterError(f"cannot mount a tmpfs on {pgdata}: {res.stderr.strip()}")
+
+    def _unmount_volume(self, pgdata: Path) -> None:
+        """Unmount a data volume (its processes are dead by now); with ``keep_data`` its contents
+        are copied to disk first and take its place, so a kept work directory has them."""
+        if not os.path.ismount(pgdata):
+            return
+        kept = pgdata.with_name(pgdata.name + ".kept")
+        if self.keep_data:
+            subprocess.run(["cp", "-a", str(pgdata), str(kept)], capture_output=True, check=False)
+        subprocess.run(["umount", "--lazy", str(pgdata)], capture_output=True, check=False)
+        if kept.is_dir() and not os.path.ismount(pgdata):
+            with contextlib.suppress(OSError):
+                pgdata.rmdir()
+                kept.rename(pgdata)
 
     def _write_config(self, home: Path, cfg: dict[str, Any]) -> None:
         path = home / "agent.yaml"

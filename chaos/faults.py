@@ -8,12 +8,15 @@ namespace keep reaching every node, so a deposed primary that still acknowledges
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from pgquorum.agent.config import Timing
-from pgquorum.chaos.cluster import ChaosCluster
+from pgquorum.chaos.cluster import API_PORT, ETCD_CLIENT_PORT, PG_PORT, ChaosCluster, ClusterError
+from pgquorum.chaos.diskfull import Ballast, WalSwitcher, free_bytes
+from pgquorum.chaos.slowlink import SlowLink
 
 Heal = Callable[[], None]
 
@@ -143,6 +146,80 @@ def partition_etcd_leader(c: ChaosCluster, p: str, rng: random.Random) -> tuple[
     return Target(e, "the etcd raft leader cut from every node"), lambda: c.bed.heal()
 
 
+# ----------------------------------------------------------------------------- slow links, full disk
+
+SLOW_REPLICATION_DELAY = 0.2  # s each way: a quorum commit waits ~0.4 s more
+
+
+def slow_etcd_delay(t: Timing) -> float:
+    """Each way: the round trip grows by the midpoint of (safety_margin, retry_timeout) -- more than
+    the margin the leader keeps, yet every etcd call still answers within its budget (< ttl)."""
+    return round((t.safety_margin + min(t.retry_timeout, t.ttl)) / 4, 3)
+
+
+def _slow(c: ChaosCluster, node: str, peers: list[str], ports: list[int], delay: float) -> SlowLink:
+    targets = [(c.addr(p), port) for p in peers for port in ports]
+    link = SlowLink(c.bed, node, targets, delay, python=c.python, log_path=c.workdir / node / "slowlink.log")
+    link.start()
+    return link
+
+
+def _stop_all(links: list[SlowLink]) -> Heal:
+    def heal() -> None:
+        for link in links:
+            link.stop()
+
+    return heal
+
+
+def slow_replication(c: ChaosCluster, p: str, rng: random.Random) -> tuple[Target, Heal]:
+    """Both ends: the primary's own connections to the replicas (promises, peer API) and the
+    replicas' connections to the primary (WAL streaming, API)."""
+    d, ports, links = SLOW_REPLICATION_DELAY, [PG_PORT, API_PORT], []
+    try:
+        links.append(_slow(c, p, _others(c, p), ports, d))
+        links += [_slow(c, r, [p], ports, d) for r in _others(c, p)]
+    except BaseException:
+        _stop_all(links)()
+        raise
+    cut = sum(link.cut for link in links)
+    detail = f"+{d * 1000:.0f} ms each way on every link primary <-> replicas ({cut} open connections cut)"
+    return Target(p, detail), _stop_all(links)
+
+
+def slow_etcd(c: ChaosCluster, p: str, rng: random.Random) -> tuple[Target, Heal]:
+    d = slow_etcd_delay(c.spec.timing)
+    link = _slow(c, p, c.etcd, [ETCD_CLIENT_PORT], d)
+    detail = f"+{d * 1000:.0f} ms each way on the primary's links to etcd ({link.cut} open connections cut)"
+    return Target(p, detail), link.stop
+
+
+def disk_full(c: ChaosCluster, p: str, rng: random.Random) -> tuple[Target, Heal]:
+    pgdata = c.workdir / p / "pgdata"
+    if c.spec.data_volume_mb is None or not os.path.ismount(pgdata):
+        # never fill the disk the work directory lives on
+        raise ClusterError(f"disk-full: {pgdata} is not a volume of its own (ClusterSpec.data_volume_mb)")
+    ballast = Ballast(pgdata)
+    written = ballast.start()
+    detail = f"PGDATA volume filled ({written >> 20} MiB ballast, {free_bytes(pgdata)} bytes left), kept full"
+    return Target(p, detail), ballast.stop
+
+
+def disk_full_wal(c: ChaosCluster, p: str, rng: random.Random) -> tuple[Target, Heal]:
+    """disk-full, and the primary's WAL runs out of preallocated segments (pg_switch_wal)."""
+    target, free = disk_full(c, p, rng)
+    switcher = WalSwitcher(c.dsn(p))
+    switcher.start()
+
+    def heal() -> None:
+        switcher.stop()
+        free()
+        target.detail += f"; {switcher.switches} WAL switches, then: {switcher.last_error or 'none failed'}"
+
+    target.detail += "; WAL segments switched until none is left"
+    return target, heal
+
+
 def _ttl_plus(extra: float, factor: float = 1.0) -> Callable[[Timing], float]:
     return lambda t: round(t.ttl * factor + extra, 1)
 
@@ -166,6 +243,10 @@ CATALOGUE: dict[str, Fault] = {
         Fault("kill-etcd-leader", "SIGKILL the etcd raft leader", kill_etcd_leader, _ttl_plus(5)),
         Fault("kill-etcd-quorum", "SIGKILL 2 of 3 etcd members", kill_etcd_quorum, _ttl_plus(7, 2), smoke=True),
         Fault("partition-etcd-leader", "the etcd leader cut from every node", partition_etcd_leader, _ttl_plus(5)),
+        Fault("slow-replication", "primary <-> replicas +200 ms each way", slow_replication, _ttl_plus(7, 2)),
+        Fault("slow-etcd", "primary <-> etcd slower than safety_margin", slow_etcd, _ttl_plus(7, 2)),
+        Fault("disk-full", "the primary's PGDATA volume full", disk_full, _ttl_plus(12)),
+        Fault("disk-full-wal", "PGDATA full and the WAL out of segments", disk_full_wal, _ttl_plus(12)),
     ]
 }
 SMOKE = [name for name, f in CATALOGUE.items() if f.smoke]

@@ -177,6 +177,7 @@ def run(opts: RunOptions, say: Callable[[str], None] = print) -> RunResult:
     workdir = opts.workdir or Path(tempfile.mkdtemp(prefix="pgquorum-chaos-", dir="/var/tmp"))
     rng = random.Random(opts.seed)
     c = make_cluster(opts.system, workdir, opts.cluster)
+    c.keep_data = opts.keep  # PGDATA is a tmpfs volume: copied to disk at teardown to be kept
     meta: dict[str, Any] = {
         "system": opts.system,
         "seed": opts.seed,

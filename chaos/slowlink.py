@@ -11,7 +11,7 @@ limited.
 NAT applies to new connections only: connections already open when the rules go in would keep
 the fast path, so ``start`` cuts them (``ss -K``: the local socket is aborted and a RST sent to the
 peer) and the agent, the WAL receiver and the etcd client reconnect through the proxy. ``stop``
-removes the rules and ends the proxy, which closes the connections it carried: they reconnect
+ends the proxy, which closes the connections it carried, then removes the rules: they reconnect
 directly.
 """
 
@@ -150,10 +150,9 @@ class SlowLink:
             raise NetnsError(f"nft {' '.join(args)} in {self.node} failed: {proc.stderr.strip()}")
 
     def stop(self) -> None:
-        """Remove the redirection, then end the proxy (its connections close; peers reconnect)."""
-        if self.bed.is_up:
-            with contextlib.suppress(NetnsError, subprocess.SubprocessError):
-                self._nft(None, "delete", "table", "ip", TABLE)
+        """End the proxy, then remove the redirection. In this order: the proxy's FINs must still be
+        translated back by the NAT table, or the clients' sockets would not see them and would learn
+        that their connection is gone only when they next send (a WAL receiver: up to 10 s later)."""
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
             try:
@@ -162,6 +161,9 @@ class SlowLink:
                 self._proc.kill()
                 self._proc.wait(5)
         self._proc = None
+        if self.bed.is_up:
+            with contextlib.suppress(NetnsError, subprocess.SubprocessError):
+                self._nft(None, "delete", "table", "ip", TABLE)
 
 
 # ----------------------------------------------------------------------------- the proxy process
