@@ -242,6 +242,7 @@ def plot_fault(data: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
     from matplotlib.ticker import MaxNLocator
 
@@ -290,15 +291,6 @@ def plot_fault(data: dict[str, Any], path: Path) -> None:
     ax.set_yticks(range(len(rows)), list(reversed(rows)))
     ax.set_ylim(-0.6, len(rows) - 0.4)
     ax.set_title("role (agents) / leadership (etcd); blank: no sample", fontsize=9, loc="left")
-    if used:
-        ax.legend(
-            handles=[Patch(color=c, label=r) for r, c in used.items()],
-            fontsize=7,
-            ncols=min(len(used), 6),
-            loc="upper left",
-            bbox_to_anchor=(0, -0.08),
-            frameon=False,
-        )
 
     def lines(ax: Any, name: str, ylabel: str, symlog: bool = False, integer: bool = False) -> None:
         drawn = False
@@ -323,7 +315,7 @@ def plot_fault(data: dict[str, Any], path: Path) -> None:
         ax.set_ylabel(ylabel, fontsize=8)
         ax.grid(alpha=0.3)
         if drawn:
-            ax.legend(fontsize=7, loc="upper right")
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
         else:
             ax.text(0.5, 0.5, "no samples", transform=ax.transAxes, ha="center", va="center", color="grey")
 
@@ -338,9 +330,16 @@ def plot_fault(data: dict[str, Any], path: Path) -> None:
         for _, at, color in marks:
             if at is not None:
                 ax.axvline(float(at) - t0, color=color, linestyle="--", linewidth=1, label=None)
-    for label, at, color in marks:
-        if at is not None:
-            timeline[0].text(float(at) - t0, len(rows) - 0.4, f" {label}", color=color, fontsize=8, va="bottom")
+    handles: list[Any] = [Patch(color=c, label=r) for r, c in used.items()]
+    handles += [Line2D([], [], color=c, linestyle="--", label=m) for m, at, c in marks if at is not None]
+    timeline[0].legend(
+        handles=handles,
+        fontsize=7,
+        ncols=min(len(handles), 10),
+        loc="upper left",
+        bbox_to_anchor=(0, -0.08),
+        frameon=False,
+    )
     timeline[0].set_xlim(float(data["start"]) - t0, float(data["end"]) - t0)
 
     # the failover histogram, reduced to this window: mean duration per member and phase
