@@ -286,3 +286,14 @@ def test_report_markdown_shows_metrics_notes_and_a_run_without_metrics() -> None
     h.meta["metrics"] = {"files": [], "notes": ["prometheus: not installed (apt-get install prometheus)"]}
     md = markdown(h, v)
     assert "## Metrics (Prometheus)" in md and "- prometheus: not installed (apt-get install prometheus)" in md
+
+
+def test_no_prometheus_option_turns_scraping_off() -> None:
+    import argparse
+
+    from pgquorum.chaos.cli import configure_parser
+
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    assert parser.parse_args(["run"]).prometheus is True
+    assert parser.parse_args(["run", "--no-prometheus"]).prometheus is False
