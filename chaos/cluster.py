@@ -53,6 +53,7 @@ API_PORT = 8008
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
 PG_USER = "postgres"
+VOLUME_SOURCE = "pqchaos-data"  # the data volumes' tmpfs "device" name, to find them in /proc/mounts
 
 
 class ClusterError(RuntimeError):
@@ -159,6 +160,7 @@ class ChaosCluster:
         """Namespaces, etcd, agents; returns the leader once one leads and the others stream."""
         self._check_user()
         self.bed.up()
+        self._unmount_debris()
         try:
             self._prepare_tree()
             for e in self.etcd:
@@ -315,10 +317,18 @@ class ChaosCluster:
             pw = pwd.getpwnam(PG_USER)
             opts = f"size={self.spec.data_volume_mb}m,mode=0700,uid={pw.pw_uid},gid={pw.pw_gid}"
             res = subprocess.run(
-                ["mount", "-t", "tmpfs", "-o", opts, "pqchaos-data", str(pgdata)], capture_output=True, text=True
+                ["mount", "-t", "tmpfs", "-o", opts, VOLUME_SOURCE, str(pgdata)], capture_output=True, text=True
             )
             if res.returncode != 0:
                 raise ClusterError(f"cannot mount a tmpfs on {pgdata}: {res.stderr.strip()}")
+
+    def _unmount_debris(self) -> None:
+        """Data volumes a crashed run left mounted (we hold the bed's lock: no other run is live)."""
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/mounts").read_text().splitlines():
+                source, target = [*line.split(), "", ""][:2]
+                if source == VOLUME_SOURCE and not target.startswith(f"{self.workdir}/"):
+                    subprocess.run(["umount", "--lazy", target], capture_output=True, check=False)
 
     def _unmount_volume(self, pgdata: Path) -> None:
         """Unmount a data volume (its processes are dead by now); with ``keep_data`` its contents
