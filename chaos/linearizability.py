@@ -152,12 +152,18 @@ def build(src: Path, dest: Path, timeout: float = 600.0) -> None:
     if go is None:
         raise LinearizabilityUnavailable("go is not installed (needed to build the porcupine checker)")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, GOFLAGS="-mod=mod")  # GOPROXY etc. come from the environment
+    # GOPROXY etc. come from the environment; no VCS stamp (the cache key is the sources' hash)
+    env = dict(os.environ, GOFLAGS=f"-mod=mod {os.environ.get('GOFLAGS', '')}".strip())
     fd, tmp = tempfile.mkstemp(prefix=".build-", dir=dest.parent)
     os.close(fd)
     try:
         proc = subprocess.run(
-            [go, "build", "-o", tmp, "."], cwd=src, env=env, capture_output=True, text=True, timeout=timeout
+            [go, "build", "-buildvcs=false", "-o", tmp, "."],
+            cwd=src,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["?"])[-1]
