@@ -94,6 +94,11 @@ class DCS(Protocol):
         """
         ...
 
+    def advance_term(self, expected_term: int) -> bool:
+        """Bump the term to ``expected_term + 1`` without a leader (a split election is closed):
+        only if no leader key exists and ``term`` still equals ``expected_term``. True if bumped."""
+        ...
+
     def read_term_and_leader(self) -> tuple[int, str | None]:
         """A fresh read of the term counter and the leader key's value (None: no leader)."""
         ...

@@ -398,6 +398,11 @@ class EtcdDCS:
         deadline = self._deadline()
         return new_term if self._on_lease(attempt, deadline) else None
 
+    @_guarded
+    def advance_term(self, expected_term: int) -> bool:
+        compare = [_compare(self.base + "leader", "CREATE", 0), self._term_is(expected_term)]
+        return self._txn(compare, [_put(self.base + "term", str(expected_term + 1))], self._deadline())
+
     # -- votes (DESIGN 2.5) ----------------------------------------------------------------------
 
     def _vote_key(self, term: int, voter: str) -> str:

@@ -51,6 +51,15 @@ class AcquireLeader:
 
 
 @dataclass(frozen=True)
+class AdvanceTerm:
+    """Close a split election: bump etcd's term from ``expected_term`` without taking the leader
+    key (one compare-and-swap transaction: no leader key, term unchanged), so that the next
+    election, for ``expected_term + 2``, starts with fresh votes (Raft's election timeout)."""
+
+    expected_term: int
+
+
+@dataclass(frozen=True)
 class RequestVotes:
     """Ask every voting member (ourselves included) for its vote for ``term``, then read the vote
     keys of that term back from etcd; the next decision tallies them (DESIGN 2.5)."""
@@ -149,6 +158,7 @@ Action = (
     | StartPostgres
     | Rejoin
     | AcquireLeader
+    | AdvanceTerm
     | RequestVotes
     | DeleteVotes
     | Promote

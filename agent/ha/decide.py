@@ -13,6 +13,7 @@ from pgquorum.agent.config import SyncSettings, Timing
 from pgquorum.agent.ha.actions import (
     AcquireLeader,
     Action,
+    AdvanceTerm,
     Bootstrap,
     ClearRequest,
     Clone,
@@ -70,6 +71,7 @@ class Election:
     votes: tuple[tuple[Vote, int], ...]  # (vote, its key's mod_revision)
     transient: bool = False  # a voter refused only for now (a promise or its start-up about to end)
     attempt: int = 1  # gatherings for this term so far: quick retries back off towards loop_wait
+    started: float | None = None  # monotonic instant of the first gathering for this term (None: ``at``)
 
 
 @dataclass(frozen=True)
@@ -703,13 +705,31 @@ def _elect(inp: Inputs, cluster: ClusterState, take: Decision) -> Decision:
     want = cluster.term + 1
     e = voting.election
     if e is not None and e.term == want:
-        result = tally((v for v, _ in e.votes), voting.members, want, inp.me)
+        position = (inp.pg.timeline, lsn) if inp.pg.timeline is not None and (lsn := inp.pg.best_lsn()) else None
+        result = tally((v for v, _ in e.votes), voting.members, want, inp.me, position)
         if result.may_promote:
             revisions = tuple((v.voter, rev) for v, rev in e.votes if v.voter in result.granted)
             return replace(
                 take,
                 actions=(AcquireLeader(cluster.term, revisions),),
                 reason=f"{take.reason}; {result.reason}",
+                election=result,
+            )
+        started = e.started if e.started is not None else e.at
+        if result.others and not result.majority and inp.now - started >= inp.timing.ttl:
+            # Votes of this term went to other candidates and nobody took the key within ttl: the
+            # term may be split for good (one vote per voter per term). Like Raft's election
+            # timeout, move on: bumping etcd's term (only while no leader key exists, by
+            # compare-and-swap) opens term want + 1 with fresh votes. Promises are untouched: a
+            # voter that refused because it promised a primary left no vote, so it is not in
+            # ``others`` and never triggers this.
+            return replace(
+                take,
+                actions=(AdvanceTerm(cluster.term),),
+                reason=f"election for term {want} is split and nobody won it in {inp.now - started:.1f}s "
+                f"({result.reason}): closing it so that term {want + 1} starts with fresh votes",
+                role=Role.STANDBY if not _is_writable_primary(inp.pg) else take.role,
+                again=True,
                 election=result,
             )
         # A promise about to expire is worth a quick retry; one the primary keeps renewing is not.

@@ -32,6 +32,7 @@ from pgquorum.agent.dcs.etcd_watch import LeaderWatch
 from pgquorum.agent.ha.actions import (
     AcquireLeader,
     Action,
+    AdvanceTerm,
     Bootstrap,
     ClearRequest,
     Clone,
@@ -520,8 +521,11 @@ class HaLoop:
             isinstance(a, Refusal) and a.code in (RefusalCode.PROMISED, RefusalCode.STARTING) for a in answers.values()
         )
         previous = self._election
-        attempt = previous.attempt + 1 if previous is not None and previous.term == term else 1
-        self._election = Election(term, self.clock.monotonic(), tuple(votes), transient, attempt)
+        same = previous is not None and previous.term == term
+        attempt = previous.attempt + 1 if previous is not None and same else 1
+        now = self.clock.monotonic()
+        started = (previous.started or previous.at) if previous is not None and same else now
+        self._election = Election(term, now, tuple(votes), transient, attempt, started)
         refusals = {n: f"{a.code.value}: {a.reason}" for n, a in answers.items() if isinstance(a, Refusal)}
         outcome = (
             term,
@@ -606,6 +610,12 @@ class HaLoop:
                 self.pg.start(timeout=STANDBY_START_SECONDS)
             case RequestVotes(term=want):
                 self._run_election(cluster, want)
+            case AdvanceTerm(expected_term=t):
+                closed = self.dcs.advance_term(t)
+                log.warning(
+                    "closed a split election" if closed else "a split election was already closed or won",
+                    extra={"event": "term_advanced" if closed else "term_advance_lost", "term": t + 1},
+                )
             case DeleteVotes(up_to_term=t):
                 deleted = self.dcs.delete_votes(t)
                 log.debug("deleted settled vote keys", extra={"event": "votes_gc", "term": t, "deleted": deleted})

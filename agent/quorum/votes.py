@@ -302,15 +302,28 @@ class Tally:
     missing: tuple[str, ...]  # voting members with no vote in this term yet
     others: tuple[str, ...] = ()  # voting members who voted for someone else
     ahead: tuple[str, ...] = ()  # voters whose reported position is past the candidate's
-    may_promote: bool = False  # majority, the candidate's own vote is there, nobody is ahead
+    may_promote: bool = False  # a majority, the candidate holds data and nobody is ahead of it
     reason: str = ""
 
 
-def tally(votes: Iterable[Vote], voting_members: Iterable[str], term: int, candidate: str) -> Tally:
+def tally(
+    votes: Iterable[Vote],
+    voting_members: Iterable[str],
+    term: int,
+    candidate: str,
+    position: tuple[int, int] | None = None,
+) -> Tally:
     """May ``candidate`` take the leader key for ``term``? (One etcd key per voter per term.)
 
-    The candidate's own vote carries its position; it must not be behind any vote of the term,
-    whichever candidate that vote was for, so it holds every commit the majority saw.
+    The candidate must not be behind any vote of the term, whichever candidate that vote was for,
+    so it holds every commit the majority saw. Its position is its own vote's when it voted for
+    itself, else ``position`` (timeline, WAL position) as it knows it now.
+
+    Its own vote is not required: a majority of the *other* voters is still a majority, and two
+    majorities of one term cannot exist (one vote per voter per term). Requiring it deadlocked a
+    term for good: a restarted candidate whose own vote was refused (start-up quiet period) held
+    two of three votes, deferred to a peer, and gave that peer its own vote, which the peer's tally
+    then missed (its own vote had gone to the first candidate).
     """
     members = list(dict.fromkeys(voting_members))
     by_voter: dict[str, Vote] = {}
@@ -336,10 +349,9 @@ def tally(votes: Iterable[Vote], voting_members: Iterable[str], term: int, candi
     )
     own = by_voter.get(candidate)
     count = f"{len(granted)} of {len(members)} votes for term {term} ({needed} needed)"
-    if own is None or own.candidate != candidate:
-        what = "is missing" if own is None else f"went to {own.candidate}"
-        return replace(base, reason=f"{candidate}'s own vote {what}; {count}.")
-    mine = own.position()
+    mine = own.position() if own is not None and own.candidate == candidate else position
+    if own is not None and own.witness:
+        mine = None
     if mine is None:
         return replace(base, reason=f"{candidate} holds no data (witness or unknown position) and cannot be promoted.")
     ahead = tuple(sorted(n for n, p in positions.items() if p > mine))

@@ -152,6 +152,21 @@ def test_acquire_needs_current_term_and_no_leader(etcd: EtcdServer, cluster: str
     assert state.leader is not None and (state.leader.name, state.term) == ("b", 2)
 
 
+def test_advance_term_closes_an_election_only_without_a_leader_and_at_the_expected_term(
+    etcd: EtcdServer, cluster: str
+) -> None:
+    a, b = make(etcd, cluster, "a"), make(etcd, cluster, "b")
+    assert a.acquire_leader("a", 0) == 1
+    assert not b.advance_term(1), "a leader holds the key"
+    assert a.release_leader("a")
+    assert not b.advance_term(0), "stale term"
+    assert b.advance_term(1)
+    assert not a.advance_term(1), "already closed by b: compare-and-swap"
+    assert b.get_cluster().term == 2 and b.get_cluster().leader is None
+    assert a.acquire_leader("a", 1) is None, "term 2 was closed; the next election is for term 3"
+    assert a.acquire_leader("a", 2) == 3
+
+
 def test_leader_and_member_vanish_after_ttl_without_keepalive(etcd: EtcdServer, cluster: str) -> None:
     a, observer = make(etcd, cluster, "a"), make(etcd, cluster, "obs")
     a.touch_member(info("a"))

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pgquorum.agent.config import Timing
 from pgquorum.agent.ha.actions import (
     AcquireLeader,
+    AdvanceTerm,
     DeleteVotes,
     Fence,
     Promote,
@@ -221,6 +222,30 @@ def test_a_candidate_behind_a_vote_of_the_term_never_takes_the_key() -> None:
     d = decide(replica_inputs(voting=voting(election=Election(4, NOW, keys))))
     assert not any(isinstance(a, AcquireLeader) for a in d.actions)
     assert "behind a" in d.reason
+
+
+def test_the_candidates_own_vote_for_another_does_not_block_a_majority() -> None:
+    """The deadlock a chaos run found: b held the votes of a and w, but its own had gone to a."""
+    keys = ((vote("a"), 41), (vote("w", lsn=None), 42), (vote("b", candidate="a"), 43))
+    d = decide(replica_inputs(voting=voting(election=Election(4, NOW - 0.01, keys))))
+    assert d.actions == (AcquireLeader(3, (("a", 41), ("w", 42))),), d.reason
+
+
+def test_a_split_election_is_closed_after_ttl_so_the_next_term_gets_fresh_votes() -> None:
+    keys = ((vote("b"), 41), (vote("a", candidate="a"), 42), (vote("w", lsn=None, candidate="c"), 43))
+    split = Election(4, NOW - 0.01, keys, started=NOW - T.ttl + 0.5)
+    early = decide(replica_inputs(voting=voting(election=split)))
+    assert not any(isinstance(a, AdvanceTerm) for a in early.actions), "not before ttl"
+    d = decide(replica_inputs(voting=voting(election=replace(split, started=NOW - T.ttl))))
+    assert d.actions == (AdvanceTerm(3),) and d.again and d.role is Role.STANDBY
+    assert "split" in d.reason and "term 5" in d.reason
+
+
+def test_refusals_alone_never_close_an_election() -> None:
+    """Voters that promised a primary (etcd cut from it) leave no vote: the term stays open."""
+    e = Election(4, NOW - 0.01, ((vote("b"), 41),), transient=True, started=NOW - 10 * T.ttl)
+    d = decide(replica_inputs(voting=voting(election=e)))
+    assert not any(isinstance(a, AdvanceTerm) for a in d.actions)
 
 
 def test_votes_of_another_term_are_not_tallied() -> None:

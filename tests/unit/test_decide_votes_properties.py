@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from pgquorum.agent.config import Timing
 from pgquorum.agent.ha.actions import (
     AcquireLeader,
+    AdvanceTerm,
     DeleteVotes,
     Fence,
     Follow,
@@ -320,8 +321,14 @@ class World:
                         self.vote(node, v, request)
                 keys = tuple(pair for (t, _), pair in e.votes.items() if t == want)
                 prev = node.election
-                attempt = prev.attempt + 1 if prev is not None and prev.term == want else 1
-                node.election = Election(want, self.now, keys, False, attempt)
+                same = prev is not None and prev.term == want
+                attempt = prev.attempt + 1 if prev is not None and same else 1
+                started = (prev.started or prev.at) if prev is not None and same else self.now
+                node.election = Election(want, self.now, keys, False, attempt, started)
+            case AdvanceTerm(expected_term=t):
+                assert node.connected
+                if e.leader is None and e.term == t:
+                    e.term = t + 1
             case AcquireLeader(expected_term=t, votes=votes):
                 assert node.connected
                 unchanged = all(e.votes.get((t + 1, v), (None, -1))[1] == rev for v, rev in votes)

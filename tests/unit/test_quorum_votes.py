@@ -204,10 +204,14 @@ def test_tally_refuses_a_candidate_behind_any_voter_of_the_term() -> None:
     assert "behind c" in t.reason
 
 
-def test_tally_needs_the_candidates_own_vote() -> None:
-    votes = [vote("w", "b", None), vote("x", "b", None), vote("c", "b", 10)]
-    t = tally(votes, MEMBERS, 8, "b")
-    assert t.majority and not t.may_promote and "own vote is missing" in t.reason
+def test_tally_does_not_need_the_candidates_own_vote_but_its_position() -> None:
+    """A majority of the others is a majority; the candidate's position then comes from its state."""
+    votes = [vote("w", "b", None), vote("x", "b", None), vote("c", "b", 10), vote("b", "c", 12)]
+    t = tally(votes, MEMBERS, 8, "b", position=(3, 12))
+    assert t.majority and t.may_promote, t.reason
+    assert not tally(votes, MEMBERS, 8, "b").may_promote, "no known position: nothing to promote"
+    behind = tally(votes, MEMBERS, 8, "b", position=(3, 5))
+    assert not behind.may_promote and "c" in behind.ahead
 
 
 def test_tally_never_promotes_a_witness() -> None:
