@@ -301,13 +301,15 @@ class HaLoop:
             self.busy_until = None if bound is None else self.clock.monotonic() + bound
             try:
                 self._execute(action, cluster, renewed_at, decision)
-            except (PostgresError, DCSError) as exc:
+            except (PostgresError, DCSError, OSError) as exc:
+                # OSError: the data directory's disk is full or read-only (writing postgresql.conf,
+                # signal files): one line per loop naming the action, not a traceback.
                 log.error(
                     "action failed",
                     extra={
                         "event": "action_failed",
                         "action": type(action).__name__,
-                        "error": str(exc),
+                        "error": str(exc) if not isinstance(exc, OSError) else f"{exc.strerror or exc}: {exc.filename}",
                         "term": cluster.term if cluster else None,
                     },
                 )
