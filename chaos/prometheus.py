@@ -454,6 +454,7 @@ class RunMetrics:
             etcd_targets=etcd,
             binary=self.binary,
             scrape_interval=SCRAPE_INTERVAL,
+            die_with_parent=True,
         )
         self.server = server  # set first: stop() must reach a process an interrupt left half started
         try:

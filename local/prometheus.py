@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import time
@@ -56,6 +57,7 @@ class PrometheusServer:
         etcd_targets: list[str] | None = None,
         binary: str = DEFAULT_BINARY,
         scrape_interval: str = "1s",
+        die_with_parent: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port
@@ -65,6 +67,9 @@ class PrometheusServer:
         self.log_file = Path(log_file) if log_file else self.data_dir.with_name(self.data_dir.name + ".log")
         self.binary = binary
         self.scrape_interval = scrape_interval
+        # SIGTERM when the starting process dies, even by SIGKILL (a harness killed by a test timeout
+        # must not leave it running); util-linux's setpriv sets it after the switch to run_as.
+        self.die_with_parent = die_with_parent
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -83,7 +88,9 @@ class PrometheusServer:
         return self._proc is not None and self._proc.poll() is None
 
     def command(self) -> list[str]:
+        setpriv = shutil.which("setpriv") if self.die_with_parent else None
         return [
+            *([setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []),
             self.binary,
             f"--config.file={self.config_file}",
             f"--storage.tsdb.path={self.data_dir / 'data'}",

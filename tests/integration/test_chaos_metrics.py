@@ -142,3 +142,40 @@ def test_a_failover_window_read_back_from_real_prometheus(tmp_path: Path, member
     assert phases[("n2", "election")]["buckets"]["0.75"] == 1 and phases[("n2", "election")]["buckets"]["0.5"] == 0
     png = (tmp_path / "report/plots/01-kill-member.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+
+
+CHILD = """
+import sys, time
+from pathlib import Path
+from pgquorum.local.prometheus import PrometheusServer
+from pgquorum.local.ports import free_port
+server = PrometheusServer(Path(sys.argv[1]), free_port(), ["127.0.0.1:9"], die_with_parent=True)
+server.start()
+print(server.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_prometheus_dies_with_a_sigkilled_harness(tmp_path: Path) -> None:
+    """A harness killed outright (a test's timeout sends SIGKILL) takes its Prometheus along."""
+    import signal
+    import subprocess
+    import sys
+
+    from pgquorum.chaos.procs import alive
+
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "prom")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        pid = int(child.stdout.readline())
+        assert alive(pid)
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        deadline = time.monotonic() + 30
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive(pid), f"prometheus {pid} outlived its SIGKILLed parent"
+    finally:
+        if child.poll() is None:
+            child.kill()
