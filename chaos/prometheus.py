@@ -82,13 +82,32 @@ ROLE_COLORS = {
 # ---------------------------------------------------------------------------- pure: queries and series
 
 
-def window_range(w: FaultWindow, now: float, margin: float = MARGIN, since: float | None = None) -> tuple[float, float]:
+def window_range(
+    w: FaultWindow, now: float, margin: float = MARGIN, since: float | None = None, until: float | None = None
+) -> tuple[float, float]:
     """The span to read for one fault: inject - margin .. healthy (or heal, or inject) + margin, never
-    before ``since`` (Prometheus began scraping; the first fault may come sooner than ``margin``
-    after it) nor past ``now`` (Prometheus has nothing later)."""
-    last = w.healthy if w.healthy is not None else w.heal if w.heal is not None else w.start
+    before ``since`` (Prometheus's first scrape, or the previous fault's recovery: its failover is
+    not this one's) nor past ``until`` (the next fault's inject) or ``now`` (nothing later yet)."""
+    last = _settled(w)
     start = w.start - margin if since is None else min(w.start, max(w.start - margin, since))
-    return round(start, 3), round(max(start, min(last + margin, now)), 3)
+    end = min(last + margin, now, math.inf if until is None else until)
+    return round(start, 3), round(max(start, end), 3)
+
+
+def _settled(w: FaultWindow) -> float:
+    return w.healthy if w.healthy is not None else w.heal if w.heal is not None else w.start
+
+
+def spans(
+    windows: Sequence[FaultWindow], now: float, margin: float = MARGIN, first_scrape: float | None = None
+) -> list[tuple[float, float]]:
+    """``window_range`` of every fault of a run, each kept between its neighbours' faults."""
+    out: list[tuple[float, float]] = []
+    for i, w in enumerate(windows):
+        bounds = [t for t in (first_scrape, _settled(windows[i - 1]) if i else None) if t is not None]
+        until = windows[i + 1].start if i + 1 < len(windows) else None
+        out.append(window_range(w, now, margin, max(bounds) if bounds else None, until))
+    return out
 
 
 def with_gaps(values: Sequence[Sequence[float | None]], step: float) -> tuple[list[float], list[float]]:
@@ -260,7 +279,8 @@ def plot_fault(data: dict[str, Any], path: Path) -> None:
     if data.get("target"):
         title += f" on {data['target']}"
     if data.get("detail"):
-        title += f" ({data['detail']})"
+        detail = str(data["detail"])
+        title += f" ({detail if len(detail) <= 70 else detail[:67] + '...'})"  # pause: a list of pids
     fig.suptitle(title, fontsize=12)
 
     # roles: one band per node, coloured by role; white = no sample (process down, paused, no scrape)
@@ -495,17 +515,16 @@ class RunMetrics:
         if not self.server.is_running():
             self.note(f"prometheus: exited during the run (log: {self.server.log_file}); no series")
             return
-        now = time.time()
-        for i, w in enumerate(ws, 1):
+        for i, (w, span) in enumerate(zip(ws, spans(ws, time.time(), self.margin, self.scraping_since), strict=True)):
             try:
-                self.windows.append(self._read(i, w, now))
+                self.windows.append(self._read(i + 1, w, span))
             except Exception as exc:
-                self.note(f"prometheus: reading the window of {w.name} (#{i}) failed: {exc}")
+                self.note(f"prometheus: reading the window of {w.name} (#{i + 1}) failed: {exc}")
 
-    def _read(self, index: int, w: FaultWindow, now: float) -> dict[str, Any]:
+    def _read(self, index: int, w: FaultWindow, span: tuple[float, float]) -> dict[str, Any]:
         assert self.server is not None
         base = self.server.url
-        start, end = window_range(w, now, self.margin, self.scraping_since)
+        start, end = span
         series = {
             name: parse_matrix(_get_json(range_url(base, q, start, end, STEP)), self.nodes)
             for name, q in QUERIES.items()

@@ -155,8 +155,9 @@ def metrics_section(metrics: Any) -> list[str]:
     files = [f for f in metrics.get("files") or [] if isinstance(f, dict)]
     if files:
         out += [
-            f"Scraped every {metrics.get('scrape_interval')}; each window runs from 10 s before the inject (at the "
-            "earliest from Prometheus's first scrape) to 10 s after the cluster was healthy again.",
+            f"Scraped every {metrics.get('scrape_interval')}; each window runs from 10 s before the inject to 10 s "
+            "after the cluster was healthy again, within Prometheus's first scrape, the previous fault's recovery "
+            "and the next fault.",
             "",
             "| # | fault | plot | series |",
             "|---|---|---|---|",

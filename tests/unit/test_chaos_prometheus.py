@@ -27,6 +27,7 @@ from pgquorum.chaos.prometheus import (
     plot_fault,
     range_url,
     segments,
+    spans,
     window_range,
     with_gaps,
 )
@@ -53,6 +54,19 @@ def test_window_range_spans_inject_minus_margin_to_healthy_plus_margin_but_not_t
     assert window_range(w, now=2000.0, since=996.0) == (996.0, 1022.5)
     assert window_range(w, now=2000.0, since=900.0) == (990.0, 1022.5)
     assert window_range(w, now=2000.0, since=1003.0) == (1000.0, 1022.5)
+
+
+def test_spans_keep_each_window_between_its_neighbours_faults() -> None:
+    ws = [
+        FaultWindow("kill-member", 1000.0, 1008.0, 1012.0),
+        FaultWindow("pause-long", 1016.0, 1024.0, 1026.0),  # injected 4 s after the previous recovery
+        FaultWindow("isolate-primary", 1050.0, 1063.0, None),  # never healthy again
+    ]
+    # Prometheus first scraped at 995: the first window starts there; the second may not reach back
+    # into the first fault's recovery, nor the first run into the second fault
+    assert spans(ws, now=1080.0, first_scrape=995.0) == [(995.0, 1016.0), (1012.0, 1036.0), (1040.0, 1073.0)]
+    assert spans(ws, now=1068.0) == [(990.0, 1016.0), (1012.0, 1036.0), (1040.0, 1068.0)]
+    assert spans([], now=1.0) == []
 
 
 def test_range_url_carries_the_query_span_and_step() -> None:
