@@ -60,6 +60,8 @@ class Memory:
     slot_seen: tuple[tuple[str, float], ...] = ()
     leading_since: float | None = None  # first loop that saw us hold the leader key (quorum settling)
     since_term: int | None = None  # first term of our unbroken leadership (its promises still count)
+    # when this standby was first seen not streaming on an older timeline than its leader's
+    behind_timeline_since: float | None = None
 
 
 @dataclass(frozen=True)
@@ -604,7 +606,30 @@ def _follow(inp: Inputs, cluster: ClusterState, leader: str) -> Decision:
             inp.memory,
         )
     role = Role.REPLICA if pg.streaming else Role.STANDBY
-    return _wait(inp, f"replica of {leader} (term {cluster.term})", role)
+    m = inp.memory
+    info = next((x for x in cluster.members if x.name == leader), None)
+    leader_tl = info.timeline if info is not None else None
+    if pg.timeline is not None and leader_tl is not None and pg.timeline < leader_tl:
+        # A standby re-pointed at a newer timeline switches to it within a second. One that still
+        # has not after ttl holds WAL past the fork point: a former primary's unacknowledged tail
+        # (fenced, then started read-only for the race) or a restart that lost that knowledge. Its
+        # WAL receiver reconnects in a loop, so "streaming" flickers: only the timeline counts.
+        # pg_rewind cuts the tail; it finds nothing to do when there is none.
+        since = m.behind_timeline_since if m.behind_timeline_since is not None else inp.now
+        waited = inp.now - since
+        if waited >= inp.timing.ttl:
+            return Decision(
+                (Rejoin(leader),),
+                f"standby on timeline {pg.timeline} has not followed {leader} onto timeline {leader_tl} for "
+                f"{waited:.1f}s (its WAL diverged from the new timeline): rejoining via pg_rewind",
+                Role.STOPPED,
+                replace(m, behind_timeline_since=None),
+                again=True,
+            )
+        m = replace(m, behind_timeline_since=since)
+    elif m.behind_timeline_since is not None:
+        m = replace(m, behind_timeline_since=None)
+    return _wait(inp, f"replica of {leader} (term {cluster.term})", role, memory=m)
 
 
 def _race(inp: Inputs, cluster: ClusterState) -> Decision:

@@ -118,6 +118,22 @@ def test_replica_follows_leader_and_repoints() -> None:
     assert moved.actions == (Follow("a"),)
 
 
+def test_a_standby_stuck_on_an_older_timeline_than_its_leader_is_rewound_after_ttl() -> None:
+    """A fenced former primary started read-only for the race keeps its unacknowledged WAL tail:
+    it can never follow the new timeline (its receiver reconnects in a loop) until pg_rewind."""
+    newer = replace(cluster(), members=(member("a", timeline=3), member("b"), member("c")))
+    stuck = replace(REPLICA, timeline=2, streaming=False)
+    first = decide(inputs(me="b", cluster=newer, pg=stuck))
+    assert first.actions == () and first.memory.behind_timeline_since == 100.0
+    flicker = decide(inputs(me="b", now=101.5, cluster=newer, pg=replace(stuck, streaming=True), memory=first.memory))
+    assert flicker.actions == () and flicker.memory.behind_timeline_since == 100.0, "streaming flickers"
+    later = decide(inputs(me="b", now=103.0, cluster=newer, pg=stuck, memory=flicker.memory))
+    assert later.actions == (Rejoin("a"),) and "pg_rewind" in later.reason
+    assert later.memory.behind_timeline_since is None
+    caught_up = decide(inputs(me="b", now=101.0, cluster=newer, pg=replace(stuck, timeline=3), memory=first.memory))
+    assert caught_up.actions == () and caught_up.memory.behind_timeline_since is None
+
+
 def test_stale_primary_fences_when_another_holds_the_key() -> None:
     d = decide(inputs(me="b", pg=PRIMARY))
     assert isinstance(d.actions[0], Fence) and d.role is Role.DEMOTED
