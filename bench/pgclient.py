@@ -1,11 +1,11 @@
 """PostgreSQL clients of the harness: the writer and the role poller.
 
 Connections use psycopg 3 (multi-host DSN, ``connect_timeout`` and
-``target_session_attrs`` handled by libpq/psycopg).  Queries go through the
-low-level libpq interface with our own deadline, because a SIGSTOPped server
-keeps the TCP connection open forever and neither libpq nor
-``statement_timeout`` can bound that wait; on timeout the connection is
-dropped and the attempt counts as failed (the row may still appear later).
+``target_session_attrs`` handled by libpq/psycopg).  Queries go through
+``pgquorum.chaos.pgwire.query`` with its hard client-side deadline (a
+SIGSTOPped server keeps the TCP connection open forever); on timeout the
+connection is dropped and the attempt counts as failed (the row may still
+appear later).  Server errors are ``QueryError``, a ``psycopg.Error``.
 """
 
 from __future__ import annotations
@@ -13,15 +13,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import select
 import threading
 import time
 from dataclasses import dataclass
 
 import psycopg
-from psycopg import pq
 
 from bench.metrics import WriteRecord
+from pgquorum.chaos.pgwire import connect, query
 
 log = logging.getLogger("bench.client")
 
@@ -38,54 +37,6 @@ INSERT = (
     f"INSERT INTO {TABLE} (run_id, writer, seq, t_send) VALUES ($1, $2, $3, $4) "
     "RETURNING inet_server_port(), pg_is_in_recovery()"
 ).encode()
-
-
-class QueryTimeout(Exception):
-    pass
-
-
-def query(
-    conn: psycopg.Connection[tuple[object, ...]], sql: bytes, params: list[bytes | None], timeout: float
-) -> list[list[bytes | None]]:
-    """Run one statement with a hard client-side deadline; return the rows (text format)."""
-    pg = conn.pgconn
-    deadline = time.monotonic() + timeout
-    pg.send_query_params(sql, params)
-    while pg.flush() != 0:
-        _wait(pg.socket, deadline, write=True)
-    while True:
-        pg.consume_input()
-        if not pg.is_busy():
-            break
-        _wait(pg.socket, deadline, write=False)
-    rows: list[list[bytes | None]] = []
-    error: str | None = None
-    while (res := pg.get_result()) is not None:
-        if res.status == pq.ExecStatus.TUPLES_OK:
-            rows = [[res.get_value(i, j) for j in range(res.nfields)] for i in range(res.ntuples)]
-        elif res.status != pq.ExecStatus.COMMAND_OK:
-            msg = res.error_message.decode(errors="replace").strip()
-            error = error or msg or str(res.status)
-        while pg.is_busy():
-            pg.consume_input()
-            if pg.is_busy():
-                _wait(pg.socket, deadline, write=False)
-    if error:
-        raise psycopg.Error(error)
-    return rows
-
-
-def _wait(fd: int, deadline: float, *, write: bool) -> None:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise QueryTimeout("query timed out")
-    r, w, _ = select.select([] if write else [fd], [fd] if write else [], [], min(left, 0.5))
-    if not r and not w and time.monotonic() >= deadline:
-        raise QueryTimeout("query timed out")
-
-
-def connect(dsn: str) -> psycopg.Connection[tuple[object, ...]]:
-    return psycopg.connect(dsn, autocommit=True)
 
 
 def close_quietly(conn: psycopg.Connection[tuple[object, ...]] | None) -> None:

@@ -22,7 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from pgquorum.chaos.linearizability import RegisterOp
-from pgquorum.chaos.workload import Conn, _short, classify, close_quietly, connect, query
+from pgquorum.chaos.pgwire import Conn, connect, query
+from pgquorum.chaos.workload import _short, classify, close_quietly
 
 REGISTER_SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS chaos_register (k text PRIMARY KEY, v bigint NOT NULL);

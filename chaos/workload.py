@@ -17,24 +17,22 @@ Outcomes: ``ok`` once the server answered; ``fail`` when the operation certainly
 serialization/deadlock, the fencing token, an undefined object); ``unknown`` for everything else
 (connection lost, server shut down, our deadline): the commit may or may not have happened.
 
-Queries run with a hard client-side deadline through libpq's asynchronous interface: a SIGSTOPped
-server keeps the TCP connection open and neither libpq nor ``statement_timeout`` bounds that wait.
+Queries run with a hard client-side deadline (``pgwire.query``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
-import select
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
-from psycopg import pq
 
 from pgquorum.chaos.history import FinalState, Op, Transfer
+from pgquorum.chaos.pgwire import Conn, QueryError, connect, query
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS chaos_writes (
@@ -74,63 +72,6 @@ READ_SQL = (
 # integrity, invalid transaction state (read-only), rollback (serialization, deadlock), syntax /
 # undefined object, PL/pgSQL raise, pgquorum's fencing token (PQ001).
 CERTAIN_FAILURE_CLASSES = frozenset({"22", "23", "25", "40", "42", "P0", "PQ"})
-
-
-class QueryTimeout(Exception):
-    pass
-
-
-class QueryError(Exception):
-    def __init__(self, message: str, sqlstate: str | None) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
-
-
-Conn = psycopg.Connection[tuple[object, ...]]
-
-
-def query(conn: Conn, sql: bytes, params: list[bytes | None], timeout: float) -> list[list[bytes | None]]:
-    """One statement with a hard deadline; the rows in text format. QueryError carries the SQLSTATE."""
-    pg = conn.pgconn
-    deadline = time.monotonic() + timeout
-    if params:
-        pg.send_query_params(sql, params)
-    else:
-        pg.send_query(sql)
-    while pg.flush() != 0:
-        _wait(pg.socket, deadline, write=True)
-    rows: list[list[bytes | None]] = []
-    error: QueryError | None = None
-    while True:
-        pg.consume_input()
-        while pg.is_busy():
-            _wait(pg.socket, deadline, write=False)
-            pg.consume_input()
-        res = pg.get_result()
-        if res is None:
-            break
-        if res.status == pq.ExecStatus.TUPLES_OK:
-            rows = [[res.get_value(i, j) for j in range(res.nfields)] for i in range(res.ntuples)]
-        elif res.status != pq.ExecStatus.COMMAND_OK and error is None:
-            state = res.error_field(pq.DiagnosticField.SQLSTATE)
-            msg = (res.error_message or b"").decode(errors="replace").strip()
-            error = QueryError(msg or str(res.status), state.decode() if state else None)
-    if error is not None:
-        raise error
-    return rows
-
-
-def _wait(fd: int, deadline: float, *, write: bool) -> None:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise QueryTimeout("no answer before the client deadline")
-    r, w, _ = select.select([] if write else [fd], [fd] if write else [], [], min(left, 0.5))
-    if not r and not w and time.monotonic() >= deadline:
-        raise QueryTimeout("no answer before the client deadline")
-
-
-def connect(dsn: str) -> Conn:
-    return psycopg.connect(dsn, autocommit=True)
 
 
 def close_quietly(conn: Conn | None) -> None:

@@ -16,8 +16,8 @@ from pgquorum.agent.config import PostgresSettings, default_bin_dir
 from pgquorum.agent.postgres.controller import PostgresController, Upstream
 from pgquorum.chaos import linearizability as lin
 from pgquorum.chaos.linearizability import RegisterOp, check_register
+from pgquorum.chaos.pgwire import Conn, QueryError, connect, query
 from pgquorum.chaos.register import READ_PLAIN_SQL, WRITE_SQL, RegisterSpec, RegisterWorkload
-from pgquorum.chaos.workload import Conn, QueryError, connect, query
 from pgquorum.local.ports import free_port
 
 BIN = Path(default_bin_dir())
