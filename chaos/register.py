@@ -16,14 +16,13 @@ register's initial state is part of the history.
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from pgquorum.chaos.linearizability import RegisterOp
 from pgquorum.chaos.pgwire import Conn, connect, query
-from pgquorum.chaos.workload import _short, classify, close_quietly
+from pgquorum.chaos.workload import PacedClient, _short, close_quietly
 
 REGISTER_SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS chaos_register (k text PRIMARY KEY, v bigint NOT NULL);
@@ -60,30 +59,21 @@ class RegisterSpec:
     check_timeout: float = 60.0  # porcupine, per key; past it the result is unknown (not a pass)
 
 
-class RegisterClient(threading.Thread):
+class RegisterClient(PacedClient[RegisterOp, RegisterOp]):
     def __init__(
         self, name: str, dsn: str, member_of: Callable[[str | None], str | None], spec: RegisterSpec, seed: int
     ) -> None:
-        super().__init__(name=f"chaos-{name}", daemon=True)
-        self.client = name
-        self.dsn = dsn
-        self.member_of = member_of
+        super().__init__(
+            name,
+            dsn,
+            member_of,
+            interval=spec.interval,
+            query_timeout=spec.query_timeout,
+            reconnect_pause=spec.reconnect_pause,
+            seed=seed,
+        )
         self.spec = spec
-        self.rng = random.Random(seed)
-        self._ops: list[RegisterOp] = []
-        self._lock = threading.Lock()
-        self._stop_evt = threading.Event()
-
-    def stop(self) -> None:
-        self._stop_evt.set()
-
-    def snapshot(self) -> list[RegisterOp]:
-        with self._lock:
-            return list(self._ops)
-
-    def _record(self, op: RegisterOp) -> None:
-        with self._lock:
-            self._ops.append(op)
+        self._read_sql = READ_LOCKING_SQL if spec.locking_reads else READ_PLAIN_SQL
 
     def _done(self, op: RegisterOp, outcome: str, server: str | None, error: str | None = None) -> None:
         self._record(replace(op, outcome=outcome, return_ns=time.monotonic_ns(), server=server, error=error))
@@ -98,64 +88,31 @@ class RegisterClient(threading.Thread):
         expect = self.rng.randrange(self.spec.values) if kind == "cas" else None
         return kind, key, value, expect
 
-    def run(self) -> None:
-        conn: Conn | None = None
-        n = 0
-        next_t = time.monotonic()
-        read_sql = READ_LOCKING_SQL if self.spec.locking_reads else READ_PLAIN_SQL
-        try:
-            while not self._stop_evt.is_set():
-                delay = next_t - time.monotonic()
-                if delay > 0 and self._stop_evt.wait(delay):
-                    break
-                next_t = max(next_t + self.spec.interval, time.monotonic())
-                n += 1
-                kind, key, value, expect = self._choose()
-                params: list[bytes | None]
-                if kind == "read":
-                    sql, params = read_sql, [key.encode()]
-                elif kind == "write":
-                    sql, params = WRITE_SQL, [key.encode(), str(value).encode()]
-                else:
-                    sql, params = CAS_SQL, [key.encode(), str(expect).encode(), str(value).encode()]
-                pending = RegisterOp(
-                    self.client,
-                    n,
-                    kind,
-                    key,
-                    time.monotonic_ns(),
-                    "unknown",
-                    value=value,
-                    expect=expect,
-                    send=time.time(),
-                )
-                server: str | None = None
-                try:
-                    if conn is None:
-                        try:
-                            conn = connect(self.dsn)
-                        except Exception as exc:  # nothing was sent: certainly not applied
-                            self._done(pending, "fail", None, _short(exc))
-                            next_t = max(next_t, time.monotonic() + self.spec.reconnect_pause)
-                            continue
-                    server = self.member_of(conn.pgconn.host.decode() if conn.pgconn.host else None)
-                    rows = query(conn, sql, params, self.spec.query_timeout)
-                    row = rows[0] if rows else [None, None]
-                    server = self.member_of(row[1].decode() if row[1] is not None else None) or server
-                    if kind == "read":
-                        pending = replace(pending, value=int(row[0]) if row[0] is not None else None)
-                    elif kind == "cas":
-                        pending = replace(pending, swapped=row[0] == b"t")
-                    self._done(pending, "ok", server)
-                except Exception as exc:
-                    outcome = classify(exc)
-                    self._done(pending, outcome, server, _short(exc))
-                    if outcome == "unknown":  # the connection may be broken or mid-transaction: drop it
-                        close_quietly(conn)
-                        conn = None
-                        next_t = max(next_t, time.monotonic() + self.spec.reconnect_pause)
-        finally:
-            close_quietly(conn)
+    def _begin(self, n: int) -> tuple[bytes, list[bytes | None], RegisterOp]:
+        kind, key, value, expect = self._choose()
+        params: list[bytes | None]
+        if kind == "read":
+            sql, params = self._read_sql, [key.encode()]
+        elif kind == "write":
+            sql, params = WRITE_SQL, [key.encode(), str(value).encode()]
+        else:
+            sql, params = CAS_SQL, [key.encode(), str(expect).encode(), str(value).encode()]
+        pending = RegisterOp(
+            self.client, n, kind, key, time.monotonic_ns(), "unknown", value=value, expect=expect, send=time.time()
+        )
+        return sql, params, pending
+
+    def _ok(self, pending: RegisterOp, rows: list[list[bytes | None]], server: str | None) -> None:
+        row = rows[0] if rows else [None, None]
+        server = self.member_of(row[1].decode() if row[1] is not None else None) or server
+        if pending.kind == "read":
+            pending = replace(pending, value=int(row[0]) if row[0] is not None else None)
+        elif pending.kind == "cas":
+            pending = replace(pending, swapped=row[0] == b"t")
+        self._done(pending, "ok", server)
+
+    def _end(self, pending: RegisterOp, outcome: str, server: str | None, exc: BaseException) -> None:
+        self._done(pending, outcome, server, _short(exc))
 
 
 class RegisterWorkload:

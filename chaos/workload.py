@@ -22,12 +22,14 @@ Queries run with a hard client-side deadline (``pgwire.query``).
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import psycopg
 
@@ -73,6 +75,9 @@ READ_SQL = (
 # undefined object, PL/pgSQL raise, pgquorum's fencing token (PQ001).
 CERTAIN_FAILURE_CLASSES = frozenset({"22", "23", "25", "40", "42", "P0", "PQ"})
 
+P = TypeVar("P")  # a client's operation between its start and its outcome
+R = TypeVar("R")  # what a client records per operation
+
 
 def close_quietly(conn: Conn | None) -> None:
     if conn is not None:
@@ -110,7 +115,108 @@ class WorkloadSpec:
     reconnect_pause: float = 0.025
 
 
-class Client(threading.Thread):
+class PacedClient(threading.Thread, Generic[P, R], abc.ABC):
+    """The loop of every chaos client: one operation every ``interval`` seconds against ``dsn``, a
+    new connection after an ``unknown`` outcome, outcomes by ``classify``. Subclasses say what an
+    operation is (``_begin``), what an answer means (``_ok``) and how an ending is recorded (``_end``)."""
+
+    def __init__(
+        self,
+        name: str,
+        dsn: str,
+        member_of: Callable[[str | None], str | None],
+        *,
+        interval: float,
+        query_timeout: float,
+        reconnect_pause: float,
+        seed: int,
+    ) -> None:
+        super().__init__(name=f"chaos-{name}", daemon=True)
+        self.client = name
+        self.dsn = dsn
+        self.member_of = member_of
+        self.interval = interval
+        self.query_timeout = query_timeout
+        self.reconnect_pause = reconnect_pause
+        self.rng = random.Random(seed)
+        self.ops: list[R] = []
+        self._lock = threading.Lock()
+        self._stop_evt = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_evt.set()
+
+    def snapshot(self) -> list[R]:
+        with self._lock:
+            return list(self.ops)
+
+    def _record(self, op: R) -> None:
+        with self._lock:
+            self.ops.append(op)
+
+    @abc.abstractmethod
+    def _begin(self, n: int) -> tuple[bytes, list[bytes | None], P]:
+        """(sql, params, pending) of operation ``n``; the send time is taken here."""
+        raise NotImplementedError
+
+    def _connected(self, conn: Conn) -> None:
+        """A new connection, before its first statement."""
+
+    @abc.abstractmethod
+    def _ok(self, pending: P, rows: list[list[bytes | None]], server: str | None) -> None:
+        """Record the answered operation (``server``: the member the connection was made to)."""
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def _end(self, pending: P, outcome: str, server: str | None, exc: BaseException) -> None:
+        """Record the operation that raised ``exc``, with ``outcome`` fail or unknown."""
+        raise NotImplementedError
+
+    def run(self) -> None:
+        conn: Conn | None = None
+        n = 0
+        next_t = time.monotonic()
+        try:
+            while not self._stop_evt.is_set():
+                delay = next_t - time.monotonic()
+                if delay > 0 and self._stop_evt.wait(delay):
+                    break
+                next_t = max(next_t + self.interval, time.monotonic())
+                n += 1
+                sql, params, pending = self._begin(n)
+                server: str | None = None
+                try:
+                    if conn is None:
+                        try:
+                            conn = connect(self.dsn)
+                        except Exception as exc:  # nothing was sent: certainly not applied
+                            self._end(pending, "fail", None, exc)
+                            next_t = max(next_t, time.monotonic() + self.reconnect_pause)
+                            continue
+                        self._connected(conn)
+                    server = self.member_of(conn.pgconn.host.decode() if conn.pgconn.host else None)
+                    rows = query(conn, sql, params, self.query_timeout)
+                    self._ok(pending, rows, server)
+                except Exception as exc:
+                    outcome = classify(exc)
+                    self._end(pending, outcome, server, exc)
+                    if outcome == "unknown":  # the connection may be broken or mid-transaction: drop it
+                        close_quietly(conn)
+                        conn = None
+                        next_t = max(next_t, time.monotonic() + self.reconnect_pause)
+        finally:
+            close_quietly(conn)
+
+
+@dataclass(frozen=True)
+class _Pending:
+    n: int
+    send: float
+    key: str | None
+    value: dict[str, object]
+
+
+class Client(PacedClient[_Pending, Op]):
     """One client: ``kind`` write | transfer | read, against ``dsn``, every ``interval`` seconds."""
 
     def __init__(
@@ -125,30 +231,19 @@ class Client(threading.Thread):
         spec: WorkloadSpec,
         seed: int,
     ) -> None:
-        super().__init__(name=f"chaos-{name}", daemon=True)
-        self.client = name
+        super().__init__(
+            name,
+            dsn,
+            member_of,
+            interval=interval,
+            query_timeout=spec.query_timeout,
+            reconnect_pause=spec.reconnect_pause,
+            seed=seed,
+        )
         self.kind = kind
-        self.dsn = dsn
-        self.member_of = member_of
         self.run_id = run_id
-        self.interval = interval
         self.spec = spec
-        self.rng = random.Random(seed)
-        self.ops: list[Op] = []
-        self._lock = threading.Lock()
-        self._stop_evt = threading.Event()
         self._notices: list[str] = []
-
-    def stop(self) -> None:
-        self._stop_evt.set()
-
-    def snapshot(self) -> list[Op]:
-        with self._lock:
-            return list(self.ops)
-
-    def _record(self, op: Op) -> None:
-        with self._lock:
-            self.ops.append(op)
 
     def _statement(self, n: int) -> tuple[bytes, list[bytes | None], str | None, dict[str, object]]:
         """(sql, params, key, value) of operation ``n``."""
@@ -164,68 +259,26 @@ class Client(threading.Thread):
             return TRANSFER_SQL, params, key, value
         return READ_SQL, [], None, {}
 
-    def run(self) -> None:
-        conn: Conn | None = None
-        n = 0
-        next_t = time.monotonic()
-        try:
-            while not self._stop_evt.is_set():
-                delay = next_t - time.monotonic()
-                if delay > 0 and self._stop_evt.wait(delay):
-                    break
-                next_t = max(next_t + self.interval, time.monotonic())
-                n += 1
-                sql, params, key, value = self._statement(n)
-                send = time.time()
-                server: str | None = None
-                try:
-                    if conn is None:
-                        try:
-                            conn = connect(self.dsn)
-                        except Exception as exc:  # nothing was sent: certainly not applied
-                            self._record(
-                                Op(
-                                    self.client,
-                                    n,
-                                    self.kind,
-                                    send,
-                                    "fail",
-                                    time.time(),
-                                    key=key,
-                                    value=value,
-                                    error=_short(exc),
-                                )
-                            )
-                            next_t = max(next_t, time.monotonic() + self.spec.reconnect_pause)
-                            continue
-                        conn.add_notice_handler(lambda d: self._notices.append(d.message_primary or ""))
-                    server = self.member_of(conn.pgconn.host.decode() if conn.pgconn.host else None)
-                    self._notices.clear()
-                    rows = query(conn, sql, params, self.spec.query_timeout)
-                    ack = time.time()
-                    self._record(self._ok(n, send, ack, key, value, rows[0] if rows else [], server))
-                except Exception as exc:
-                    outcome = classify(exc)
-                    self._record(
-                        Op(self.client, n, self.kind, send, outcome, time.time(), server, None, key, value, _short(exc))
-                    )
-                    if outcome == "unknown":  # the connection may be broken or mid-transaction: drop it
-                        close_quietly(conn)
-                        conn = None
-                        next_t = max(next_t, time.monotonic() + self.spec.reconnect_pause)
-        finally:
-            close_quietly(conn)
+    def _begin(self, n: int) -> tuple[bytes, list[bytes | None], _Pending]:
+        sql, params, key, value = self._statement(n)
+        # notices arrive only while a statement runs: cleared here, they are this operation's
+        self._notices.clear()
+        return sql, params, _Pending(n, time.time(), key, value)
 
-    def _ok(
-        self,
-        n: int,
-        send: float,
-        ack: float,
-        key: str | None,
-        value: dict[str, object],
-        row: list[bytes | None],
-        server: str | None,
-    ) -> Op:
+    def _connected(self, conn: Conn) -> None:
+        conn.add_notice_handler(lambda d: self._notices.append(d.message_primary or ""))
+
+    def _end(self, pending: _Pending, outcome: str, server: str | None, exc: BaseException) -> None:
+        p = pending
+        self._record(
+            Op(self.client, p.n, self.kind, p.send, outcome, time.time(), server, None, p.key, p.value, _short(exc))
+        )
+
+    def _ok(self, pending: _Pending, rows: list[list[bytes | None]], server: str | None) -> None:
+        ack = time.time()
+        n, send, key = pending.n, pending.send, pending.key
+        row = rows[0] if rows else []
+
         def text(i: int) -> str | None:
             return row[i].decode() if len(row) > i and row[i] is not None else None  # type: ignore[union-attr]
 
@@ -233,7 +286,7 @@ class Client(threading.Thread):
             t = text(i)
             return int(t) if t is not None else None
 
-        value = dict(value)
+        value = dict(pending.value)
         if self.kind == "write":
             term, addr = num(0), text(1)
         elif self.kind == "transfer":
@@ -245,7 +298,7 @@ class Client(threading.Thread):
         if any("synchronous replication" in m for m in self._notices):
             # acknowledged although the server gave up waiting for its standbys: recorded for the report
             value["sync_rep_warning"] = True
-        return Op(self.client, n, self.kind, send, "ok", ack, self.member_of(addr) or server, term, key, value)
+        self._record(Op(self.client, n, self.kind, send, "ok", ack, self.member_of(addr) or server, term, key, value))
 
 
 class Workload:
