@@ -21,6 +21,9 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pgquorum.chaos.procs import alive as pid_alive
+from pgquorum.chaos.procs import proc_stat
+
 log = logging.getLogger("bench")
 
 PG_USER = "postgres"
@@ -86,26 +89,9 @@ class Reaper:
 REAPER = Reaper()
 
 
-def proc_stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (state is index 0)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rfind(")") + 2 :].split()
-
-
 def proc_state(pid: int) -> str | None:
     st = proc_stat(pid)
     return st[0] if st else None
-
-
-def pid_alive(pid: int | None) -> bool:
-    """True for a live (not zombie) process."""
-    if not pid:
-        return False
-    state = proc_state(pid)
-    return state is not None and state not in ("Z", "X")
 
 
 def children_of(ppid: int) -> list[int]:

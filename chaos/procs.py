@@ -7,8 +7,8 @@ run``, its own process) makes itself a child subreaper and reaps such orphans --
 from *another session* than its own: the short commands it runs itself (``ip``, ``nft``) share its
 session and are waited for by ``subprocess``, and reaping one of them first would turn its exit
 status into 0. The long-lived processes it starts in their own sessions (agents, etcd) are
-registered with ``own()`` and left to their ``Popen``. (bench/procs.py has the same idea for
-loopback clusters; bench is not part of the installed package, hence this small copy.)
+registered with ``own()`` and left to their ``Popen``. (bench/procs.py has its own reaper for
+loopback clusters, which reaps every orphan; it imports ``proc_stat`` and ``alive`` from here.)
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import os
 import signal
 import threading
 from pathlib import Path
+
+from pgquorum.agent.postgres.process import pid_alive
 
 log = logging.getLogger("pgquorum.chaos")
 
@@ -37,10 +39,7 @@ def proc_stat(pid: int) -> list[str] | None:
 
 def alive(pid: int | None) -> bool:
     """True for a live process (a zombie has exited: not alive)."""
-    if not pid:
-        return False
-    st = proc_stat(pid)
-    return st is not None and st[0] not in ("Z", "X")
+    return pid_alive(pid) if pid else False
 
 
 def comm(pid: int) -> str:
