@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -145,14 +146,7 @@ def _run(args: argparse.Namespace) -> int:
         recovery_bound=args.recovery_bound,
         cluster=spec,
     )
-    import signal
-
-    def interrupted(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")  # the runner's finally tears the cluster down
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, interrupted)
-    say = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else print
+    say = _interruptible(args)
     say(f"chaos run: seed {seed}, faults {', '.join(f.name for f in selected)}, report in {out}")
     result = run_chaos(opts, say=say)
     if args.json:
@@ -168,13 +162,25 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if result.verdict.ok else 1
 
 
+def _interruptible(args: argparse.Namespace) -> Callable[[str], None]:
+    """SIGTERM and SIGHUP end a run like Ctrl-C; returns how progress is said (on stderr when stdout
+    carries the JSON verdict)."""
+    import signal
+
+    def interrupted(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")  # the runner's finally tears the cluster down
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupted)
+    return (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else print
+
+
 def _run_systems(
     args: argparse.Namespace, systems: list[str], selected: list[Any], spec: Any, seed: int, out: Path
 ) -> int:
     """Each system on a fresh bed, one after the other, same faults and seed; reports in
     ``out/<system>/``, the comparison in ``out/comparison.md``."""
     import json
-    import signal
 
     from pgquorum.chaos.checker import Verdict
     from pgquorum.chaos.history import History
@@ -183,12 +189,7 @@ def _run_systems(
     from pgquorum.chaos.runner import RunOptions
     from pgquorum.chaos.runner import run as run_chaos
 
-    def interrupted(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")  # the runner's finally tears the cluster down
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, interrupted)
-    say = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else print
+    say = _interruptible(args)
     runs: dict[str, tuple[History, Verdict]] = {}
     for system in systems:
         cluster = patroni_spec(args.profile, spec) if system == "patroni" else spec
