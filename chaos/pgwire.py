@@ -6,6 +6,7 @@ bounds that wait, so queries go through libpq's asynchronous interface with our 
 
 from __future__ import annotations
 
+import contextlib
 import select
 import time
 
@@ -69,3 +70,9 @@ def _wait(fd: int, deadline: float, *, write: bool) -> None:
 
 def connect(dsn: str) -> Conn:
     return psycopg.connect(dsn, autocommit=True)
+
+
+def close_quietly(conn: Conn | None) -> None:
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            conn.close()

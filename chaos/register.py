@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from pgquorum.chaos.linearizability import RegisterOp
-from pgquorum.chaos.pgwire import Conn, connect, query
-from pgquorum.chaos.workload import PacedClient, _short, close_quietly
+from pgquorum.chaos.pgwire import Conn, close_quietly, connect, query
+from pgquorum.chaos.workload import PacedClient, _short, retry_setup, start_all, stop_all
 
 REGISTER_SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS chaos_register (k text PRIMARY KEY, v bigint NOT NULL);
@@ -138,9 +138,8 @@ class RegisterWorkload:
 
     def setup(self, timeout: float = 60.0) -> None:
         """The table, the cas function and 0 in every key, on the primary."""
-        deadline = time.monotonic() + timeout
-        last: Exception | None = None
-        while time.monotonic() < deadline:
+
+        def attempt() -> bool:
             conn: Conn | None = None
             try:
                 conn = connect(self.dsn_any)
@@ -165,23 +164,17 @@ class RegisterWorkload:
                         )
                     )
                 self._setup_ops = ops
-                return
-            except Exception as exc:
-                last = exc
+                return True
             finally:
                 close_quietly(conn)
-            time.sleep(0.5)
-        raise RuntimeError(f"register setup: no primary within {timeout:g} s ({last})")
+
+        retry_setup(attempt, timeout, "register setup: no primary")
 
     def start(self) -> None:
-        for c in self.clients:
-            c.start()
+        start_all(self.clients)
 
     def stop(self) -> None:
-        for c in self.clients:
-            c.stop()
-        for c in self.clients:
-            c.join(self.spec.query_timeout + 10)
+        stop_all(self.clients, self.spec.query_timeout + 10)
 
     def ops(self) -> list[RegisterOp]:
         merged = self._setup_ops + [o for c in self.clients for o in c.snapshot()]

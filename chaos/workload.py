@@ -23,18 +23,17 @@ Queries run with a hard client-side deadline (``pgwire.query``).
 from __future__ import annotations
 
 import abc
-import contextlib
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import psycopg
 
 from pgquorum.chaos.history import FinalState, Op, Transfer
-from pgquorum.chaos.pgwire import Conn, QueryError, connect, query
+from pgquorum.chaos.pgwire import Conn, QueryError, close_quietly, connect, query
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS chaos_writes (
@@ -77,12 +76,6 @@ CERTAIN_FAILURE_CLASSES = frozenset({"22", "23", "25", "40", "42", "P0", "PQ"})
 
 P = TypeVar("P")  # a client's operation between its start and its outcome
 R = TypeVar("R")  # what a client records per operation
-
-
-def close_quietly(conn: Conn | None) -> None:
-    if conn is not None:
-        with contextlib.suppress(Exception):
-            conn.close()
 
 
 def classify(exc: BaseException) -> str:
@@ -206,6 +199,34 @@ class PacedClient(threading.Thread, Generic[P, R], abc.ABC):
                         next_t = max(next_t, time.monotonic() + self.reconnect_pause)
         finally:
             close_quietly(conn)
+
+
+def retry_setup(attempt: Callable[[], bool], timeout: float, what: str) -> None:
+    """``attempt`` every 0.5 s until it returns True; RuntimeError ``<what> within <timeout> s`` after
+    ``timeout`` (a failover or a late leader makes the first attempts fail)."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if attempt():
+                return
+        except Exception as exc:
+            last = exc
+        time.sleep(0.5)
+    raise RuntimeError(f"{what} within {timeout:g} s ({last})")
+
+
+def start_all(clients: Sequence[threading.Thread]) -> None:
+    for c in clients:
+        c.start()
+
+
+def stop_all(clients: Sequence[PacedClient[Any, Any]], join_timeout: float) -> None:
+    """All told to stop first, then joined: they wind down together."""
+    for c in clients:
+        c.stop()
+    for c in clients:
+        c.join(join_timeout)
 
 
 @dataclass(frozen=True)
@@ -342,36 +363,27 @@ class Workload:
     def setup(self, timeout: float = 60.0) -> None:
         """Tables, the transfer function and the accounts, on the primary; waits for the fencing
         token (the leader writes the term row shortly after it starts leading)."""
-        deadline = time.monotonic() + timeout
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            try:
-                with psycopg.connect(self.dsn_any, autocommit=True) as conn:
-                    query(conn, SCHEMA_SQL.encode(), [], 30)
-                    query(
-                        conn,
-                        f"INSERT INTO chaos_accounts SELECT 'a' || i, {int(self.spec.initial_balance)} "
-                        f"FROM generate_series(1, {int(self.spec.accounts)}) i ON CONFLICT DO NOTHING".encode(),
-                        [],
-                        30,
-                    )
-                    rows = query(conn, b"SELECT pgquorum.current_term()", [], 10)
-                    if rows and rows[0][0] is not None:
-                        return
-            except Exception as exc:
-                last = exc
-            time.sleep(0.5)
-        raise RuntimeError(f"workload setup: no primary with a fencing token within {timeout:g} s ({last})")
+
+        def attempt() -> bool:
+            with psycopg.connect(self.dsn_any, autocommit=True) as conn:
+                query(conn, SCHEMA_SQL.encode(), [], 30)
+                query(
+                    conn,
+                    f"INSERT INTO chaos_accounts SELECT 'a' || i, {int(self.spec.initial_balance)} "
+                    f"FROM generate_series(1, {int(self.spec.accounts)}) i ON CONFLICT DO NOTHING".encode(),
+                    [],
+                    30,
+                )
+                rows = query(conn, b"SELECT pgquorum.current_term()", [], 10)
+                return bool(rows and rows[0][0] is not None)
+
+        retry_setup(attempt, timeout, "workload setup: no primary with a fencing token")
 
     def start(self) -> None:
-        for c in self.clients:
-            c.start()
+        start_all(self.clients)
 
     def stop(self) -> None:
-        for c in self.clients:
-            c.stop()
-        for c in self.clients:
-            c.join(self.spec.query_timeout + 10)
+        stop_all(self.clients, self.spec.query_timeout + 10)
 
     def ops(self) -> list[Op]:
         return sorted((o for c in self.clients for o in c.snapshot()), key=lambda o: (o.send, o.client, o.op_id))
