@@ -10,7 +10,6 @@ appear later).  Server errors are ``QueryError``, a ``psycopg.Error``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import threading
@@ -20,7 +19,8 @@ from dataclasses import dataclass
 import psycopg
 
 from bench.metrics import WriteRecord
-from pgquorum.chaos.pgwire import connect, query
+from pgquorum.chaos.pgwire import close_quietly, connect, query
+from pgquorum.chaos.workload import PacedClient
 
 log = logging.getLogger("bench.client")
 
@@ -39,14 +39,6 @@ INSERT = (
 ).encode()
 
 
-def close_quietly(conn: psycopg.Connection[tuple[object, ...]] | None) -> None:
-    if conn is not None:
-        with contextlib.suppress(Exception):
-            conn.pgconn.finish()
-        with contextlib.suppress(Exception):
-            conn.close()
-
-
 _SERVER_AT = re.compile(r'connection to server at "[^"]*", port \d+ failed: ')
 
 
@@ -55,8 +47,9 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {_SERVER_AT.sub('', text)}"[:200]
 
 
-class Writer(threading.Thread):
-    """Inserts one row every ``interval`` seconds through ``dsn``, recording each attempt."""
+class Writer(PacedClient[tuple[int, float], WriteRecord]):
+    """Inserts one row every ``interval`` seconds through ``dsn``, recording each attempt
+    (the chaos clients' loop; after any error the connection is dropped)."""
 
     def __init__(
         self,
@@ -68,63 +61,52 @@ class Writer(threading.Thread):
         query_timeout: float = 2.0,
         reconnect_pause: float = 0.025,
     ) -> None:
-        super().__init__(name=f"writer-{name}", daemon=True)
+        super().__init__(
+            name,
+            dsn,
+            lambda _host: None,
+            interval=interval,
+            query_timeout=query_timeout,
+            reconnect_pause=reconnect_pause,
+            seed=0,
+        )
+        self.name = f"writer-{name}"
         self.writer_name = name
-        self.dsn = dsn
         self.run_id = run_id
-        self.interval = interval
-        self.query_timeout = query_timeout
-        self.reconnect_pause = reconnect_pause
-        self.records: list[WriteRecord] = []
         self.connects = 0
-        self._stop_evt = threading.Event()
-        self._lock = threading.Lock()
         self.stopped_at: float | None = None
 
-    def stop(self) -> None:
-        self._stop_evt.set()
+    def _begin(self, n: int) -> tuple[bytes, list[bytes | None], tuple[int, float]]:
+        t_send = time.time()
+        params: list[bytes | None] = [
+            self.run_id.encode(),
+            self.writer_name.encode(),
+            str(n).encode(),
+            repr(t_send).encode(),
+        ]
+        return INSERT, params, (n, t_send)
 
-    def snapshot(self) -> list[WriteRecord]:
-        with self._lock:
-            return list(self.records)
+    def _connected(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        self.connects += 1
 
-    def _add(self, rec: WriteRecord) -> None:
-        with self._lock:
-            self.records.append(rec)
+    def _ok(self, pending: tuple[int, float], rows: list[list[bytes | None]], server: str | None) -> None:
+        seq, t_send = pending
+        t_ack = time.time()
+        port = int(rows[0][0] or b"0")
+        in_rec = rows[0][1] == b"t"
+        self._record(WriteRecord(self.writer_name, seq, t_send, t_ack, port, in_rec))
+
+    def _end(self, pending: tuple[int, float], outcome: str, server: str | None, exc: BaseException) -> None:
+        seq, t_send = pending
+        self._record(WriteRecord(self.writer_name, seq, t_send, None, None, None, _short(exc)))
+
+    def _drops_connection(self, outcome: str) -> bool:
+        return True
 
     def run(self) -> None:
-        conn: psycopg.Connection[tuple[object, ...]] | None = None
-        seq = 0
-        next_t = time.monotonic()
         try:
-            while not self._stop_evt.is_set():
-                delay = next_t - time.monotonic()
-                if delay > 0 and self._stop_evt.wait(delay):
-                    break
-                next_t = max(next_t + self.interval, time.monotonic())
-                seq += 1
-                t_send = time.time()
-                try:
-                    if conn is None:
-                        conn = connect(self.dsn)
-                        self.connects += 1
-                    rows = query(
-                        conn,
-                        INSERT,
-                        [self.run_id.encode(), self.writer_name.encode(), str(seq).encode(), repr(t_send).encode()],
-                        self.query_timeout,
-                    )
-                    t_ack = time.time()
-                    port = int(rows[0][0] or b"0")
-                    in_rec = rows[0][1] == b"t"
-                    self._add(WriteRecord(self.writer_name, seq, t_send, t_ack, port, in_rec))
-                except Exception as exc:
-                    self._add(WriteRecord(self.writer_name, seq, t_send, None, None, None, _short(exc)))
-                    close_quietly(conn)
-                    conn = None
-                    next_t = max(next_t, time.monotonic() + self.reconnect_pause)
+            super().run()
         finally:
-            close_quietly(conn)
             self.stopped_at = time.time()
 
 

@@ -165,6 +165,10 @@ class PacedClient(threading.Thread, Generic[P, R], abc.ABC):
         """Record the operation that raised ``exc``, with ``outcome`` fail or unknown."""
         raise NotImplementedError
 
+    def _drops_connection(self, outcome: str) -> bool:
+        """After an error: reconnect before the next operation (and pause ``reconnect_pause``)?"""
+        return outcome == "unknown"  # the connection may be broken or mid-transaction
+
     def run(self) -> None:
         conn: Conn | None = None
         n = 0
@@ -193,7 +197,7 @@ class PacedClient(threading.Thread, Generic[P, R], abc.ABC):
                 except Exception as exc:
                     outcome = classify(exc)
                     self._end(pending, outcome, server, exc)
-                    if outcome == "unknown":  # the connection may be broken or mid-transaction: drop it
+                    if self._drops_connection(outcome):
                         close_quietly(conn)
                         conn = None
                         next_t = max(next_t, time.monotonic() + self.reconnect_pause)
