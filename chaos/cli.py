@@ -7,7 +7,11 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pgquorum.chaos.cluster import ClusterSpec
+    from pgquorum.chaos.runner import RunOptions
 
 
 def configure_parser(chaos: argparse.ArgumentParser) -> None:
@@ -81,8 +85,7 @@ def _check(args: argparse.Namespace) -> int:
     try:
         history = History.load(args.history)
     except HistoryError as exc:
-        print(f"pgquorum: {exc}", file=sys.stderr)
-        return 2
+        return _usage_error(str(exc))
     verdict = check(history, args.recovery_bound)
     print(table(verdict))
     print(summary_line(verdict))
@@ -102,32 +105,27 @@ def _run(args: argparse.Namespace) -> int:
     from pgquorum.chaos.cluster import ClusterSpec
     from pgquorum.chaos.netns import unavailable_reason
     from pgquorum.chaos.report import summary_line, table
-    from pgquorum.chaos.runner import RunOptions, default_out
+    from pgquorum.chaos.runner import default_out
     from pgquorum.chaos.runner import run as run_chaos
 
     try:
         selected = faults.select(args.scenario)
     except ValueError as exc:
-        print(f"pgquorum: {exc}", file=sys.stderr)
-        return 2
+        return _usage_error(str(exc))
     systems = [s.strip() for s in args.system.split(",") if s.strip()]
     if not systems or len(set(systems)) != len(systems) or any(s not in ("pgquorum", "patroni") for s in systems):
-        print(f"pgquorum: --system: expected pgquorum, patroni or both, got {args.system!r}", file=sys.stderr)
-        return 2
+        return _usage_error(f"--system: expected pgquorum, patroni or both, got {args.system!r}")
     if "patroni" in systems:
         from pgquorum.chaos.patroni_cluster import PROFILES, patroni_available
 
         if args.profile not in PROFILES:
-            print(f"pgquorum: --profile: expected one of {', '.join(PROFILES)}, got {args.profile!r}", file=sys.stderr)
-            return 2
+            return _usage_error(f"--profile: expected one of {', '.join(PROFILES)}, got {args.profile!r}")
         missing = patroni_available()
         if missing:
-            print(f"pgquorum: chaos run: {missing}", file=sys.stderr)
-            return 2
+            return _usage_error(f"chaos run: {missing}")
     reason = unavailable_reason()
     if reason:
-        print(f"pgquorum: chaos run: {reason}", file=sys.stderr)
-        return 2
+        return _usage_error(f"chaos run: {reason}")
     seed = args.seed if args.seed is not None else int(time.time()) % 100000
     spec = ClusterSpec()
     if args.asynchronous:
@@ -135,17 +133,7 @@ def _run(args: argparse.Namespace) -> int:
     out = args.out or default_out()
     if systems != ["pgquorum"]:
         return _run_systems(args, systems, selected, spec, seed, out)
-    opts = RunOptions(
-        faults=selected,
-        out=out,
-        seed=seed,
-        duration=args.duration,
-        hold=args.hold,
-        keep=args.keep,
-        prometheus=args.prometheus,
-        recovery_bound=args.recovery_bound,
-        cluster=spec,
-    )
+    opts = _options(args, selected, out, seed, spec)
     say = _interruptible(args)
     say(f"chaos run: seed {seed}, faults {', '.join(f.name for f in selected)}, report in {out}")
     result = run_chaos(opts, say=say)
@@ -160,6 +148,31 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  - {p}")
         print(f"report: {out / 'report.md'}  (history: {out / 'history.json'})")
     return 0 if result.verdict.ok else 1
+
+
+def _usage_error(message: str) -> int:
+    print(f"pgquorum: {message}", file=sys.stderr)
+    return 2
+
+
+def _options(
+    args: argparse.Namespace, selected: list[Any], out: Path, seed: int, cluster: ClusterSpec, system: str = "pgquorum"
+) -> RunOptions:
+    """The runner's options from the command line (``RunOptions``)."""
+    from pgquorum.chaos.runner import RunOptions
+
+    return RunOptions(
+        faults=selected,
+        out=out,
+        seed=seed,
+        duration=args.duration,
+        hold=args.hold,
+        keep=args.keep,
+        prometheus=args.prometheus,
+        recovery_bound=args.recovery_bound,
+        cluster=cluster,
+        system=system,
+    )
 
 
 def _interruptible(args: argparse.Namespace) -> Callable[[str], None]:
@@ -186,7 +199,6 @@ def _run_systems(
     from pgquorum.chaos.history import History
     from pgquorum.chaos.patroni_cluster import patroni_spec
     from pgquorum.chaos.report import comparison, summary_line, table
-    from pgquorum.chaos.runner import RunOptions
     from pgquorum.chaos.runner import run as run_chaos
 
     say = _interruptible(args)
@@ -195,18 +207,7 @@ def _run_systems(
         cluster = patroni_spec(args.profile, spec) if system == "patroni" else spec
         label = f"{system} ({args.profile} profile)" if system == "patroni" else system
         say(f"chaos run [{label}]: seed {seed}, faults {', '.join(f.name for f in selected)}, report in {out / system}")
-        opts = RunOptions(
-            faults=selected,
-            out=out / system,
-            seed=seed,
-            duration=args.duration,
-            hold=args.hold,
-            keep=args.keep,
-            prometheus=args.prometheus,
-            recovery_bound=args.recovery_bound,
-            cluster=cluster,
-            system=system,
-        )
+        opts = _options(args, selected, out / system, seed, cluster, system)
         result = run_chaos(opts, say=say)
         runs[system] = (result.history, result.verdict)
         if not args.json:
