@@ -109,9 +109,10 @@ class WorkloadSpec:
 
 
 class PacedClient(threading.Thread, Generic[P, R], abc.ABC):
-    """The loop of every chaos client: one operation every ``interval`` seconds against ``dsn``, a
-    new connection after an ``unknown`` outcome, outcomes by ``classify``. Subclasses say what an
-    operation is (``_begin``), what an answer means (``_ok``) and how an ending is recorded (``_end``)."""
+    """The loop of every chaos client (and bench's writer): one operation every ``interval`` seconds
+    against ``dsn``, outcomes by ``classify``, a new connection after an ``unknown`` one
+    (``_drops_connection``). Subclasses say what an operation is (``_begin``), what an answer means
+    (``_ok``) and how a failed one is recorded (``_end``)."""
 
     def __init__(
         self,
