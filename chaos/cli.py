@@ -45,6 +45,10 @@ def configure_parser(chaos: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--async", dest="asynchronous", action="store_true", help="asynchronous replication (no quorum commit)"
     )
+    run.add_argument("--members", type=int, default=3, help="data members (agent + PostgreSQL), 2-5 (default 3)")
+    run.add_argument(
+        "--witnesses", type=int, default=0, help="witness members (voting agents without PostgreSQL), 0-3 (default 0)"
+    )
     run.add_argument("--keep", action="store_true", help="keep the cluster's data directory under /var/tmp")
     run.add_argument(
         "--no-prometheus",
@@ -115,6 +119,12 @@ def _run(args: argparse.Namespace) -> int:
     systems = [s.strip() for s in args.system.split(",") if s.strip()]
     if not systems or len(set(systems)) != len(systems) or any(s not in ("pgquorum", "patroni") for s in systems):
         return _usage_error(f"--system: expected pgquorum, patroni or both, got {args.system!r}")
+    if not 2 <= args.members <= 5:
+        return _usage_error(f"--members: expected 2 to 5 data members, got {args.members}")
+    if not 0 <= args.witnesses <= 3:
+        return _usage_error(f"--witnesses: expected 0 to 3 witnesses, got {args.witnesses}")
+    if args.witnesses and "patroni" in systems:
+        return _usage_error("--witnesses: Patroni has no witness members; run --system pgquorum")
     if "patroni" in systems:
         from pgquorum.chaos.patroni_cluster import PROFILES, patroni_available
 
@@ -127,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
     if reason:
         return _usage_error(f"chaos run: {reason}")
     seed = args.seed if args.seed is not None else int(time.time()) % 100000
-    spec = ClusterSpec()
+    spec = ClusterSpec(members=args.members, witnesses=args.witnesses)
     if args.asynchronous:
         spec = replace(spec, synchronous=None)
     out = args.out or default_out()

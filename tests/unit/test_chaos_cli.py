@@ -68,6 +68,19 @@ def test_run_refuses_an_unknown_fault() -> None:
     assert "unknown fault 'meteor'" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--members", "1"), "--members: expected 2 to 5 data members, got 1"),
+        (("--witnesses", "4"), "--witnesses: expected 0 to 3 witnesses, got 4"),
+        (("--witnesses", "1", "--system", "pgquorum,patroni"), "Patroni has no witness members"),
+    ],
+)
+def test_run_refuses_bad_member_counts(args: tuple[str, ...], message: str) -> None:
+    proc = pgquorum("chaos", "run", *args)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_select() -> None:
     assert [f.name for f in select("smoke")] == SMOKE
     assert [f.name for f in select("all")] == list(CATALOGUE)
