@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from pgquorum.agent.config import Timing, default_bin_dir
+from pgquorum.agent.postgres.process import kill_tree
 from pgquorum.local.etcd import EtcdServer, EtcdServerError
 from pgquorum.local.ports import free_port
 from pgquorum.local.prometheus import PrometheusError, PrometheusServer
@@ -505,5 +506,7 @@ class LocalCluster:
         if what in ("node", "agent") and agent:
             os.kill(agent, signal.SIGKILL)
         if what in ("node", "postgres") and postgres:
-            os.killpg(os.getpgid(postgres), signal.SIGKILL)
+            # Every postmaster child calls setsid(): killing the process group alone leaves the WAL
+            # receiver alive long enough to confirm a commit for a "dead" standby.
+            kill_tree(postgres)
         return {"agent_pid": agent, "postgres_pid": postgres}
