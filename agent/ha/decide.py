@@ -607,7 +607,7 @@ def _follow(inp: Inputs, cluster: ClusterState, leader: str) -> Decision:
         )
     role = Role.REPLICA if pg.streaming else Role.STANDBY
     m = inp.memory
-    info = next((x for x in cluster.members if x.name == leader), None)
+    info = cluster.member(leader)
     leader_tl = info.timeline if info is not None else None
     if pg.timeline is not None and leader_tl is not None and pg.timeline < leader_tl:
         # A standby re-pointed at a newer timeline switches to it within a second. One that still
