@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pgquorum.cache import cache_dir, find_go
 from pgquorum.chaos.checker import Verdict
 
 REGISTER_KINDS = ("read", "write", "cas")
@@ -115,15 +116,6 @@ class LinearizabilityResult:
 # ----------------------------------------------------------------------------- the binary
 
 
-def cache_dir() -> Path:
-    env = os.environ.get("PGQUORUM_CACHE")
-    if env:
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/opt/pgquorum-cache")
-    return Path.home() / ".cache" / "pgquorum"
-
-
 def source_dir() -> Path | None:
     d = Path(__file__).resolve().parent / "linearize"
     return d if all((d / f).is_file() for f in SOURCE_FILES) else None
@@ -135,16 +127,6 @@ def source_key(src: Path) -> str:
     for f in SOURCE_FILES:
         h.update((src / f).read_bytes())
     return h.hexdigest()[:12]
-
-
-def find_go() -> str | None:
-    found = shutil.which("go")
-    if found:
-        return found
-    for cand in ("/usr/local/go/bin/go", "/usr/lib/go/bin/go"):
-        if os.access(cand, os.X_OK):
-            return cand
-    return None
 
 
 def build(src: Path, dest: Path, timeout: float = 600.0) -> None:

@@ -91,6 +91,64 @@ class Node:
     veth_host: str  # its peer, enslaved to the bridge
 
 
+FAULT_RULESET = (
+    f"table inet {TABLE} {{\n"
+    "  set blocked_out { type ipv4_addr; }\n"
+    "  set blocked_in { type ipv4_addr; }\n"
+    "  chain output { type filter hook output priority 0; policy accept; ip daddr @blocked_out drop; }\n"
+    "  chain input { type filter hook input priority 0; policy accept; ip saddr @blocked_in drop; }\n"
+    "}\n"
+)
+
+
+def add_bridge(bridge: str, addr_cidr: str) -> None:
+    """A bridge in the host namespace with the host's address on it."""
+    _run(["ip", "link", "add", bridge, "type", "bridge"])
+    # Bridged frames would otherwise pass the host's iptables (br_netfilter), whose FORWARD
+    # policy may drop them (e.g. where Docker ran); our rules live in the namespaces.
+    _run(["ip", "link", "set", bridge, "type", "bridge", "nf_call_iptables", "0"], check=False)
+    _run(["ip", "addr", "add", addr_cidr, "dev", bridge])
+    _run(["ip", "link", "set", bridge, "up"])
+
+
+def add_node(node: Node, bridge: str, prefixlen: int = 24) -> None:
+    """Namespace ``node.ns`` joined to ``bridge`` by a veth pair, with the fault table (empty sets)."""
+    _run(["ip", "netns", "add", node.ns])
+    _run(["ip", "link", "add", node.veth_host, "type", "veth", "peer", "name", node.veth, "netns", node.ns])
+    _run(["ip", "link", "set", node.veth_host, "master", bridge])
+    _run(["ip", "link", "set", node.veth_host, "up"])
+    _run(["ip", "-n", node.ns, "addr", "add", f"{node.addr}/{prefixlen}", "dev", node.veth])
+    _run(["ip", "-n", node.ns, "link", "set", node.veth, "up"])
+    _run(["ip", "-n", node.ns, "link", "set", "lo", "up"])
+    nft(node.ns, ["-f", "-"], stdin=FAULT_RULESET)
+
+
+def nft(ns: str, args: Sequence[str], stdin: str | None = None) -> str:
+    """``nft args`` inside namespace ``ns``."""
+    argv = ["ip", "netns", "exec", ns, "nft", *args]
+    try:
+        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=15, check=False)
+    except subprocess.TimeoutExpired:
+        raise NetnsError(f"nft in {ns}: no answer within 15 s") from None
+    if proc.returncode != 0:
+        raise NetnsError(f"nft {' '.join(args)} in {ns} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def kill_ns_pids(ns: str) -> None:
+    """SIGKILL every process still inside namespace ``ns`` (our own debris: ns names are ours)."""
+    for _ in range(5):
+        out = _run(["ip", "netns", "pids", ns], check=False).stdout.split()
+        pids = [int(p) for p in out if p.isdigit() and int(p) != os.getpid()]
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGCONT)  # a stopped process dies only once continued
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+
+
 class TestBed:
     """Namespaces + bridge + veths for ``nodes``; see the module docstring."""
 
@@ -136,12 +194,7 @@ class TestBed:
         try:
             self.cleanup_debris()
             self._up = True
-            _run(["ip", "link", "add", self.bridge, "type", "bridge"])
-            # Bridged frames would otherwise pass the host's iptables (br_netfilter), whose FORWARD
-            # policy may drop them (e.g. where Docker ran); our rules live in the namespaces.
-            _run(["ip", "link", "set", self.bridge, "type", "bridge", "nf_call_iptables", "0"], check=False)
-            _run(["ip", "addr", "add", f"{self.host_addr}/24", "dev", self.bridge])
-            _run(["ip", "link", "set", self.bridge, "up"])
+            add_bridge(self.bridge, f"{self.host_addr}/24")
             for node in self.nodes.values():
                 self._add_node(node)
         except BaseException:
@@ -150,23 +203,7 @@ class TestBed:
         return self
 
     def _add_node(self, node: Node) -> None:
-        _run(["ip", "netns", "add", node.ns])
-        _run(["ip", "link", "add", node.veth_host, "type", "veth", "peer", "name", node.veth])
-        _run(["ip", "link", "set", node.veth, "netns", node.ns])
-        _run(["ip", "link", "set", node.veth_host, "master", self.bridge])
-        _run(["ip", "link", "set", node.veth_host, "up"])
-        _run(["ip", "-n", node.ns, "addr", "add", f"{node.addr}/24", "dev", node.veth])
-        _run(["ip", "-n", node.ns, "link", "set", node.veth, "up"])
-        _run(["ip", "-n", node.ns, "link", "set", "lo", "up"])
-        ruleset = (
-            f"table inet {TABLE} {{\n"
-            "  set blocked_out { type ipv4_addr; }\n"
-            "  set blocked_in { type ipv4_addr; }\n"
-            "  chain output { type filter hook output priority 0; policy accept; ip daddr @blocked_out drop; }\n"
-            "  chain input { type filter hook input priority 0; policy accept; ip saddr @blocked_in drop; }\n"
-            "}\n"
-        )
-        self._nft(node.name, ["-f", "-"], stdin=ruleset)
+        add_node(node, self.bridge)
 
     def down(self) -> None:
         """Kill what still runs in our namespaces, delete them and the bridge; release the lock."""
@@ -216,17 +253,7 @@ class TestBed:
 
     @staticmethod
     def _kill_ns_pids(ns: str) -> None:
-        """SIGKILL every process still inside namespace ``ns`` (our own debris: ns names are ours)."""
-        for _ in range(5):
-            out = _run(["ip", "netns", "pids", ns], check=False).stdout.split()
-            pids = [int(p) for p in out if p.isdigit() and int(p) != os.getpid()]
-            if not pids:
-                return
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGCONT)  # a stopped process dies only once continued
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.2)
+        kill_ns_pids(ns)
 
     def _acquire_lock(self) -> None:
         if self._lock is not None:
@@ -316,14 +343,7 @@ class TestBed:
     # ------------------------------------------------------------------ faults (nftables)
 
     def _nft(self, name: str, args: Sequence[str], stdin: str | None = None) -> str:
-        argv = self.exec_argv(name, ["nft", *args])
-        try:
-            proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=15, check=False)
-        except subprocess.TimeoutExpired:
-            raise NetnsError(f"nft in {name}: no answer within 15 s") from None
-        if proc.returncode != 0:
-            raise NetnsError(f"nft {' '.join(args)} in {name} failed: {proc.stderr.strip()}")
-        return proc.stdout
+        return nft(self.node(name).ns, args, stdin=stdin)
 
     def _addrs(self, peers: Iterable[str]) -> list[str]:
         out = []

@@ -1,5 +1,6 @@
 """The ``pgquorum`` command: ``agent`` runs one agent, ``local`` drives the embedded local cluster,
-``ctl`` operates a running cluster through its REST API (the same as ``pgquorumctl``).
+``ctl`` operates a running cluster through its REST API (the same as ``pgquorumctl``), ``kube`` runs a real
+multi-node Kubernetes on this machine.
 
 Failures print one line naming what is wrong and how to fix it, and exit non-zero; never a traceback.
 """
@@ -15,6 +16,7 @@ from typing import Any
 from pgquorum.agent.config import ConfigError
 from pgquorum.chaos.cli import configure_parser as configure_chaos_parser
 from pgquorum.ctl.main import configure_parser as configure_ctl_parser
+from pgquorum.kube.cli import configure_parser as configure_kube_parser
 
 
 class _Parser(argparse.ArgumentParser):
@@ -101,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     ctl = sub.add_parser("ctl", help="operate a running cluster through its REST API (same as pgquorumctl)")
     configure_ctl_parser(ctl)
     configure_chaos_parser(sub.add_parser("chaos", help="fault injection in network namespaces, history checker"))
+    configure_kube_parser(sub.add_parser("kube", help="a real multi-node Kubernetes on this machine (or kind)"))
     return p
 
 
@@ -114,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         from pgquorum.chaos.cli import run as run_chaos
 
         return run_chaos(args)
+    if args.command == "kube":
+        from pgquorum.kube.cli import run as run_kube
+
+        return run_kube(args)
     try:
         if args.command == "agent":
             from pgquorum.agent.main import run_agent

@@ -1,0 +1,144 @@
+"""Building the cluster's Go binaries into the cache: Kubernetes (five binaries + kubectl) and Helm.
+
+``k8s.io/kubernetes`` cannot be required as a plain module: its go.mod replaces 31 staging modules
+(k8s.io/api, k8s.io/apimachinery, ...) with ``./staging/...`` directories that a module download
+does not have. A wrapper module requires it and replaces each of those with the published
+``v0.X.Y`` of the same release (kubernetes #79384). The version ldflags are set too: without them
+the binaries report ``v0.0.0-master+$Format:%H$`` and kubectl refuses to talk to the server.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pgquorum.cache import BuildError, find_go, go_build, go_env, locked, write_module
+from pgquorum.kube.versions import (
+    HELM,
+    KUBERNETES,
+    KUBERNETES_BINARIES,
+    Component,
+    kubernetes_minor,
+    staging_version,
+)
+
+Progress = Callable[[str], None]
+
+_STAGING_RE = re.compile(r"^\s*(k8s\.io/[A-Za-z0-9._/-]+)\s+=>\s+\./staging/", re.MULTILINE)
+
+
+def staging_modules(kubernetes_go_mod: str) -> list[str]:
+    """The module paths k8s.io/kubernetes's go.mod replaces with ``./staging/...`` directories."""
+    return sorted(set(_STAGING_RE.findall(kubernetes_go_mod)))
+
+
+def kubernetes_wrapper_go_mod(version: str, staging: Sequence[str]) -> str:
+    """The wrapper module's go.mod: require k8s.io/kubernetes, each staging module pinned to v0.X.Y."""
+    if not staging:
+        raise BuildError(f"k8s.io/kubernetes v{version}: its go.mod lists no staging modules (unexpected layout)")
+    pin = staging_version(version)
+    lines = ["module pgquorum.invalid/kubebuild", "", "go 1.24.0", "", f"require k8s.io/kubernetes v{version}", ""]
+    lines.append("replace (")
+    lines += [f"\t{m} => {m} {pin}" for m in staging]
+    lines.append(")")
+    return "\n".join(lines) + "\n"
+
+
+def kubernetes_ldflags(version: str) -> list[str]:
+    major, minor = kubernetes_minor(version)
+    values = {
+        "gitVersion": f"v{version}",
+        "gitMajor": major,
+        "gitMinor": minor,
+        "gitTreeState": "clean",
+        "buildDate": "1970-01-01T00:00:00Z",
+    }
+    flags = ["-s", "-w"]
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [f"-X {pkg}.{k}={v}" for k, v in values.items()]
+    return flags
+
+
+def helm_wrapper_go_mod(version: str) -> str:
+    return f"module pgquorum.invalid/helmbuild\n\ngo 1.24.0\n\nrequire helm.sh/helm/v4 v{version}\n"
+
+
+def helm_ldflags(version: str) -> list[str]:
+    return ["-s", "-w", f"-X helm.sh/helm/v4/internal/version.version=v{version}"]
+
+
+# ----------------------------------------------------------------------------- executors
+
+
+def _download_go_mod(module: str, version: str, cwd: Path) -> str:
+    go = find_go()
+    if go is None:
+        raise BuildError("go is not installed: apt-get install golang-go (or put Go >= 1.24 on PATH)")
+    proc = subprocess.run(
+        [go, "mod", "download", "-json", f"{module}@v{version}"],
+        cwd=cwd,
+        env=go_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    match = re.search(r'"GoMod":\s*"([^"]+)"', proc.stdout)
+    if proc.returncode != 0 or not match:
+        err = re.search(r'"Error":\s*"([^"]+)"', proc.stdout)
+        why = err.group(1) if err else (proc.stderr.strip() or "?").splitlines()[-1]
+        raise BuildError(f"go mod download {module}@v{version} failed: {why}")
+    return Path(match.group(1)).read_text()
+
+
+def _finish(component: Component, started: float, progress: Progress) -> None:
+    component.marker.write_text(f"built in {time.monotonic() - started:.0f} s\n")
+    os.chmod(component.directory, 0o755)
+    progress(f"{component.name} {component.version}: built in {time.monotonic() - started:.0f} s")
+
+
+def build_kubernetes(progress: Progress = print, component: Component = KUBERNETES) -> Component:
+    """The five Kubernetes binaries and kubectl into ``component.bin_dir`` (once per version)."""
+    with locked(component.directory.parent / f".{component.directory.name}.lock"):
+        if component.complete:
+            return component
+        started = time.monotonic()
+        work = component.directory / "src"
+        work.mkdir(parents=True, exist_ok=True)
+        progress(f"kubernetes {component.version}: resolving modules (cold: several minutes)")
+        staging = staging_modules(_download_go_mod("k8s.io/kubernetes", component.version, work))
+        write_module(work, kubernetes_wrapper_go_mod(component.version, staging))
+        for name in KUBERNETES_BINARIES:
+            t0 = time.monotonic()
+            go_build(
+                f"k8s.io/kubernetes/cmd/{name}",
+                component.binary(name),
+                cwd=work,
+                ldflags=kubernetes_ldflags(component.version),
+            )
+            progress(f"kubernetes {component.version}: {name} built in {time.monotonic() - t0:.0f} s")
+        _finish(component, started, progress)
+        return component
+
+
+def build_helm(progress: Progress = print, component: Component = HELM) -> Component:
+    with locked(component.directory.parent / f".{component.directory.name}.lock"):
+        if component.complete:
+            return component
+        started = time.monotonic()
+        work = component.directory / "src"
+        write_module(work, helm_wrapper_go_mod(component.version))
+        progress(f"helm {component.version}: building")
+        go_build(
+            "helm.sh/helm/v4/cmd/helm", component.binary("helm"), cwd=work, ldflags=helm_ldflags(component.version)
+        )
+        _finish(component, started, progress)
+        return component
+
+
+def build_all(progress: Progress = print) -> None:
+    build_kubernetes(progress)
+    build_helm(progress)
