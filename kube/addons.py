@@ -90,8 +90,6 @@ def coredns_objects(plan: ClusterPlan, images: ClusterImages) -> list[Obj]:
                             "runAsNonRoot": True,
                             "runAsUser": 65532,
                             "seccompProfile": {"type": "RuntimeDefault"},
-                            # port 53 without NET_BIND_SERVICE
-                            "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "53"}],
                         },
                         "affinity": {
                             "podAntiAffinity": {
@@ -121,7 +119,12 @@ def coredns_objects(plan: ClusterPlan, images: ClusterImages) -> list[Obj]:
                                     "requests": {"cpu": "50m", "memory": "32Mi"},
                                     "limits": {"memory": "128Mi"},
                                 },
-                                "securityContext": _RESTRICTED,
+                                # port 53 as a non-root user: the image's binary carries the file
+                                # capability, which the bounding set must keep
+                                "securityContext": {
+                                    **_RESTRICTED,
+                                    "capabilities": {"add": ["NET_BIND_SERVICE"], "drop": ["ALL"]},
+                                },
                                 "volumeMounts": [{"name": "config", "mountPath": "/etc/coredns", "readOnly": True}],
                                 "livenessProbe": {
                                     "httpGet": {"path": "/health", "port": 8080},
@@ -256,7 +259,7 @@ def local_path_objects(plan: ClusterPlan, images: ClusterImages) -> list[Obj]:
                                 "image": images.local_path_provisioner,
                                 "imagePullPolicy": "IfNotPresent",
                                 "command": [
-                                    "/local-path-provisioner",
+                                    "/usr/bin/local-path-provisioner",
                                     "start",
                                     "--config",
                                     "/etc/config/config.json",

@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     from pgquorum.kube.host import HostError
     from pgquorum.kube.kind import KindError
 
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # progress lines as they happen, also into a log file
     try:
         if args.provider == "kind":
             return _kind(args)

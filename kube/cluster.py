@@ -102,9 +102,12 @@ class LocalKube:
             self._network()
             self._control_plane(deadline=started + timeout)
             for node in plan.nodes:
-                self._start_node(node)
+                self._start_containerd(node)
             for node in plan.nodes:
+                # the kubelet exits at once when the runtime's socket is not there yet
                 self._wait_containerd(node, deadline=started + timeout)
+                self._start_kubelet(node)
+            for node in plan.nodes:
                 kimages.load_images(archives, node.containerd_socket)
             self.kubectl.run(["apply", "--server-side", "--force-conflicts", "-f", "-"], stdin=self._addons())
             self._wait_ready(deadline=started + timeout)
@@ -195,15 +198,17 @@ class LocalKube:
             plan.log_dir / "kube-scheduler.log",
         )
 
-    def _start_node(self, node: NodePlan) -> None:
-        plan = self.plan
+    def _start_containerd(self, node: NodePlan) -> None:
         host.start(
             f"{node.name}-containerd",
             ["containerd", "--config", str(node.config_dir / "containerd.toml")],
-            plan,
+            self.plan,
             node.log_dir / "containerd.log",
             netns=node.ns,
         )
+
+    def _start_kubelet(self, node: NodePlan) -> None:
+        plan = self.plan
         host.start(
             f"{node.name}-kubelet",
             render.kubelet_argv(plan, node, KUBERNETES.binary("kubelet")),
