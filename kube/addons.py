@@ -161,7 +161,8 @@ STORAGE_CLASS = "standard"
 
 
 def local_path_objects(plan: ClusterPlan, images: ClusterImages) -> list[Obj]:
-    ns, sa = LOCAL_PATH_NS, "local-path-provisioner"
+    # the provisioner creates its helper pods with this (its default) service account name
+    ns, sa = LOCAL_PATH_NS, "local-path-provisioner-service-account"
     config = {"nodePathMap": [{"node": n.name, "paths": [str(n.local_path_dir)]} for n in plan.nodes]}
     helper_pod = {
         "apiVersion": "v1",
