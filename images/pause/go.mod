@@ -1,0 +1,3 @@
+module pgquorum.invalid/pause
+
+go 1.21
