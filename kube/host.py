@@ -46,7 +46,7 @@ def missing_requirements() -> list[str]:
         return ["pgquorum kube needs root (network namespaces, containerd, kubelets): run it with sudo"]
     for tool, package in _TOOLS.items():
         if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists():
-            problems.append(f"'{tool}' is missing: apt-get install {package} (scripts/setup.sh --kube installs it)")
+            problems.append(f"'{tool}' is missing: apt-get install {package}")
     for plugin in ("bridge", "host-local", "portmap", "loopback"):
         if not Path("/usr/lib/cni", plugin).exists():
             problems.append(f"CNI plugin {plugin} missing in /usr/lib/cni: apt-get install containernetworking-plugins")
