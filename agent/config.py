@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 if TYPE_CHECKING:  # both import ConfigError from here: parsed with a local import below
+    from pgquorum.agent.podrole import KubernetesSettings
     from pgquorum.agent.stonith import Hook
     from pgquorum.agent.watchdog import WatchdogConfig
 
@@ -79,6 +80,9 @@ class PostgresSettings:
     bin_dir: Path
     listen_host: str = "127.0.0.1"
     port: int = 5432
+    # The host other members and clients connect to, when it differs from listen_host (a pod listens
+    # on 0.0.0.0 and is reached by its DNS name). None: listen_host.
+    connect_host: str | None = None
     superuser: str = "postgres"
     replication_user: str = "replicator"
     superuser_password_file: Path | None = None  # a file holding the password (never inline)
@@ -88,6 +92,10 @@ class PostgresSettings:
     primary_start_timeout: float = 10.0  # crashed leader: restart attempts before releasing the key
     stop_timeout: float = 10.0  # fast shutdown, then immediate
     run_as: str | None = None  # OS user that owns PGDATA when the agent runs as root
+
+    @property
+    def advertised_host(self) -> str:
+        return self.connect_host or self.listen_host
 
 
 @dataclass(frozen=True)
@@ -198,6 +206,8 @@ class AgentConfig:
     # Hooks that fence the old leader before this member promotes (agent/stonith), and the watchdog.
     stonith: tuple[Hook, ...] = ()
     watchdog: WatchdogConfig | None = None  # None: off
+    # In a Kubernetes pod: the pod whose role label `-rw`/`-ro` select on (agent/podrole.py).
+    kubernetes: KubernetesSettings | None = None
 
 
 # What a witness's ``postgres`` holds: nothing on its path ever reads it (it runs no PostgreSQL).
@@ -285,6 +295,11 @@ def _postgres_settings(pg_raw: Any) -> PostgresSettings:
     _need(pg_args, "data_dir", "postgres.")
     pg_args.setdefault("bin_dir", Path(default_bin_dir()))
     postgres = PostgresSettings(**pg_args)
+    if postgres.connect_host is None and postgres.listen_host in ("0.0.0.0", "::", "*", ""):
+        raise ConfigError(
+            f"postgres.connect_host: required when listen_host is {postgres.listen_host!r} (every address): "
+            "the host other members reach this postgres at, e.g. the pod's DNS name"
+        )
     if not (postgres.bin_dir / "postgres").exists():
         raise ConfigError(
             f"postgres.bin_dir: {postgres.bin_dir} has no 'postgres' binary; "
@@ -301,11 +316,13 @@ def _agent_config(data: dict[str, Any], postgres: PostgresSettings, witness: boo
     validate_timing(timing)
     api = _api_settings(data.pop("api", None))
     synchronous = sync_settings(data.pop("synchronous", None))
+    from pgquorum.agent.podrole import parse_kubernetes
     from pgquorum.agent.stonith import parse_hooks
     from pgquorum.agent.watchdog import parse_watchdog
 
     stonith = parse_hooks(data.pop("stonith", None))
     watchdog = parse_watchdog(data.pop("watchdog", None), timing)
+    kubernetes = parse_kubernetes(data.pop("kubernetes", None), str(data.get("name", "")))
 
     endpoints = _need(data, "etcd_endpoints", "")
     if isinstance(endpoints, str):
@@ -346,6 +363,7 @@ def _agent_config(data: dict[str, Any], postgres: PostgresSettings, witness: boo
         witness=witness,
         stonith=stonith,
         watchdog=watchdog,
+        kubernetes=kubernetes,
         **{k: v for k, v in rest.items() if k not in {"api_listen", "api_url", "timing"}},
     )
     if not isinstance(cfg.nofailover, bool):

@@ -48,8 +48,14 @@ def build(cfg: AgentConfig) -> tuple[HaLoop | WitnessLoop, ApiServer]:
     from pgquorum.agent.postgres.controller import PostgresController
 
     pg = PostgresController(cfg.postgres, cfg.name)
+    pod_labels = None
+    if cfg.kubernetes is not None:
+        from pgquorum.agent.podrole import labeler_for
+
+        pod_labels = labeler_for(cfg.kubernetes)  # ConfigError (unreadable token, ...) stops the start
+        pod_labels.start()
     # Operators' requests get their own client: EtcdDCS is not thread-safe and the loop owns ``dcs``.
-    loop = HaLoop(cfg, dcs, pg, clock, control_dcs=etcd_client(), voter=voter)
+    loop = HaLoop(cfg, dcs, pg, clock, control_dcs=etcd_client(), voter=voter, pod_labels=pod_labels)
     loop.watch = LeaderWatch(cfg.etcd_endpoints, dcs.base + "leader", loop.wake.set)
     api = ApiServer(loop, cfg.api_listen)
     return loop, api

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pwd
 import signal
 import subprocess
 import time
@@ -38,6 +39,7 @@ import yaml
 
 from bench.procs import REAPER, http_json, pid_alive, wait_for
 from bench.system import Member, System, Timing
+from pgquorum.agent.config_render import write_agent_config
 
 log = logging.getLogger("bench.pgquorum")
 
@@ -142,9 +144,7 @@ class PgquorumSystem(System):
             "retry_timeout": t.retry_timeout,
             "safety_margin": SAFETY_MARGIN[self.profile],
         }
-        st = path.stat()
-        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        os.chown(path, st.st_uid, st.st_gid)
+        write_agent_config(path, cfg, owner=pwd.getpwuid(path.stat().st_uid).pw_name)
 
     def _down(self) -> None:
         if (self.cluster_dir / "cluster.json").exists():

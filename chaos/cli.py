@@ -61,6 +61,17 @@ def configure_parser(chaos: argparse.ArgumentParser) -> None:
     check.add_argument("history", type=Path)
     check.add_argument("--recovery-bound", type=float, default=90.0)
     sub.add_parser("list", help="the fault catalogue")
+    probe = sub.add_parser(
+        "probe",
+        help="write through one DSN (e.g. a -rw Service, from a pod) until a stop file appears; "
+        "then check nothing acknowledged was lost and print the report as JSON",
+    )
+    probe.add_argument("--dsn", required=True, help="libpq connection string, e.g. 'host=db-rw user=postgres'")
+    probe.add_argument("--stop-file", type=Path, required=True, help="stop writing once this file exists")
+    probe.add_argument("--max-seconds", type=_positive, default=900.0, help="stop after this long anyway (900)")
+    probe.add_argument("--interval", type=_positive, default=0.05, help="seconds between writes (0.05)")
+    probe.add_argument("--gap", type=_positive, default=1.0, help="report windows without acks longer than this (1)")
+    probe.add_argument("--no-transfers", dest="transfers", action="store_false", help="writes only, no bank client")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,11 +83,46 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.chaos_command == "check":
         return _check(args)
+    if args.chaos_command == "probe":
+        return _probe(args)
     try:
         return _run(args)
     except KeyboardInterrupt as exc:
         print(f"pgquorum: chaos run interrupted ({exc or 'Ctrl-C'}); the cluster was torn down", file=sys.stderr)
         return 130
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _probe(args: argparse.Namespace) -> int:
+    import json
+
+    from pgquorum.chaos.probe import ProbeOptions
+    from pgquorum.chaos.probe import run as run_probe
+
+    opts = ProbeOptions(
+        dsn=args.dsn,
+        stop_file=args.stop_file,
+        max_seconds=args.max_seconds,
+        write_interval=args.interval,
+        transfers=args.transfers,
+        gap=args.gap,
+    )
+    try:
+        result = run_probe(opts)
+    except RuntimeError as exc:
+        print(f"pgquorum chaos probe: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result), flush=True)
+    return 0 if not (result["lost"] or result["phantoms"] or result["bank"]) else 1
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -35,13 +35,26 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pgquorum.agent.config import Timing, default_bin_dir
+from pgquorum.agent.config import (
+    ApiSettings,
+    ConfigError,
+    PostgresSettings,
+    Timing,
+    default_bin_dir,
+    sync_settings,
+)
+from pgquorum.agent.config_render import (
+    WITNESS,
+    ClusterSettings,
+    DataMember,
+    MemberSettings,
+    render_agent_config,
+    write_agent_config,
+)
 from pgquorum.chaos.history import PrimaryInterval
 from pgquorum.chaos.netns import TestBed
 from pgquorum.chaos.procs import REAPER, alive, descendants, postmaster_pid, signal_group, signal_tree
@@ -257,50 +270,39 @@ class ChaosCluster:
                 self._private(sec / kind, secrets.token_urlsafe(24) + "\n")
         password = (sec / "superuser").read_text().strip()
         self._private(self.passfile, f"*:*:*:postgres:{password}\n", owner_pg=False)
-        endpoints = [self.etcd_url(e) for e in self.etcd]
-        timing = asdict(self.spec.timing)
+        shared = ClusterSettings(
+            cluster=self.cluster_name,
+            etcd_endpoints=tuple(self.etcd_url(e) for e in self.etcd),
+            timing=self.spec.timing,
+            api=ApiSettings(auth_token_file=sec / "api-token"),
+            quorum_votes=self.spec.quorum_votes,
+        )
+        try:
+            sync = None if self.spec.synchronous is None else sync_settings(self.spec.synchronous)
+        except ConfigError as exc:
+            raise ClusterError(str(exc)) from None
         for n in self.data:
             home = self.workdir / n
             home.mkdir(exist_ok=True)
             self._chown_pg(home, 0o755)
             self._mount_volume(home / "pgdata")
-            cfg: dict[str, Any] = {
-                "name": n,
-                "cluster": self.cluster_name,
-                "etcd_endpoints": endpoints,
-                "api_listen": f"{self.addr(n)}:{API_PORT}",
-                "api": {"auth_token_file": str(sec / "api-token")},
-                "timing": timing,
-                "postgres": {
-                    "data_dir": str(home / "pgdata"),
-                    "bin_dir": default_bin_dir(),
-                    "listen_host": self.addr(n),
-                    "port": PG_PORT,
-                    "superuser_password_file": str(sec / "superuser"),
-                    "replication_password_file": str(sec / "replication"),
-                    "parameters": {"shared_buffers": "32MB", "max_connections": "50", "max_slot_wal_keep_size": "1GB"},
-                },
-            }
-            if self.spec.synchronous is not None:
-                cfg["synchronous"] = dict(self.spec.synchronous)
-            if not self.spec.quorum_votes:
-                cfg["quorum_votes"] = False
-            self._write_config(home, cfg)
+            postgres = PostgresSettings(
+                data_dir=home / "pgdata",
+                bin_dir=Path(default_bin_dir()),
+                listen_host=self.addr(n),
+                port=PG_PORT,
+                superuser_password_file=sec / "superuser",
+                replication_password_file=sec / "replication",
+                parameters={"shared_buffers": "32MB", "max_connections": "50", "max_slot_wal_keep_size": "1GB"},
+            )
+            role = DataMember(postgres=postgres, synchronous=sync)
+            self._write_config(home, render_agent_config(shared, MemberSettings(n, f"{self.addr(n)}:{API_PORT}", role)))
         for w in self.witnesses:
             home = self.workdir / w
             home.mkdir(exist_ok=True)
             self._chown_pg(home, 0o755)
             self._write_config(
-                home,
-                {
-                    "name": w,
-                    "cluster": self.cluster_name,
-                    "witness": True,
-                    "etcd_endpoints": endpoints,
-                    "api_listen": f"{self.addr(w)}:{API_PORT}",
-                    "api": {"auth_token_file": str(sec / "api-token")},
-                    "timing": timing,
-                },
+                home, render_agent_config(shared, MemberSettings(w, f"{self.addr(w)}:{API_PORT}", WITNESS))
             )
         for e in self.etcd:
             home = self.workdir / e
@@ -344,10 +346,11 @@ class ChaosCluster:
                 pgdata.rmdir()
                 kept.rename(pgdata)
 
-    def _write_config(self, home: Path, cfg: dict[str, Any]) -> None:
-        path = home / "agent.yaml"
-        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        self._chown_pg(path, 0o644)
+    def _write_config(self, home: Path, doc: dict[str, Any]) -> None:
+        try:
+            write_agent_config(home / "agent.yaml", doc, owner=PG_USER)
+        except ConfigError as exc:
+            raise ClusterError(f"{home / 'agent.yaml'}: {exc}") from None
 
     # ------------------------------------------------------------------ etcd
 

@@ -155,6 +155,11 @@ def format_changes(old: Mapping[str, Any], patch: Mapping[str, Any], prefix: str
     return lines
 
 
+def json_text(data: Any) -> str:
+    """``--json`` output: indented, keys sorted."""
+    return json.dumps(data, indent=2, sort_keys=True, default=str)
+
+
 def one_line(text: str) -> str:
     return " ".join(str(text).split())
 

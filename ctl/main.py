@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -136,6 +136,48 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     return p
 
 
+def can_confirm(what: str, force: bool) -> None:
+    """Fail early (before any request) when confirmation is needed but cannot be asked."""
+    if not force and not sys.stdin.isatty():
+        raise UsageError(f"{what}: stdin is not a terminal, so there is no one to confirm: pass --force")
+
+
+def confirm(question: str, what: str, force: bool) -> None:
+    """Ask on the terminal unless ``force``; never prompt when stdin is not a terminal."""
+    if force:
+        return
+    can_confirm(what, force)
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline()
+    if answer.strip().lower() not in ("y", "yes"):
+        raise CtlError(f"{what}: not confirmed; nothing was changed")
+
+
+def describe_member(view: ClusterView, name: str | None) -> str:
+    """``pg2 (replica, lag 0 B)``, for confirmation questions."""
+    if name is None:
+        return "the best replica (chosen by the cluster)"
+    m = view.member(name)
+    if m is None:
+        return f"{name} (not a member right now)"
+    return f"{name} ({m.role}, lag {fmt.human_bytes(m.lag_bytes)})"
+
+
+def failover_notes(view: ClusterView, candidate: str) -> list[str]:
+    """What to know before failing over to ``candidate``: a healthy leader, writes that may be lost."""
+    notes = []
+    leader = view.member(view.leader) if view.leader else None
+    if leader is not None and leader.name != candidate:
+        notes.append(
+            f"{leader.name} is the leader ({leader.state or 'state unknown'}): "
+            "if it is healthy, 'switchover' hands over without losing data."
+        )
+    cand = view.member(candidate)
+    if cand is not None and cand.lag_bytes:
+        notes.append(f"{candidate} lags {fmt.human_bytes(cand.lag_bytes)} behind: those writes may be lost.")
+    return notes
+
+
 class Ctl:
     """One invocation: the parsed arguments, and the client built from them on first use."""
 
@@ -161,25 +203,16 @@ class Ctl:
         print(text, flush=True)
 
     def out_json(self, data: Any) -> None:
-        print(json.dumps(data, indent=2, sort_keys=True, default=str), flush=True)
+        print(fmt.json_text(data), flush=True)
 
     def warn(self, text: str) -> None:
         print(f"WARNING: {fmt.one_line(text)}", file=sys.stderr, flush=True)
 
     def can_confirm(self, what: str) -> None:
-        """Fail early (before any request) when confirmation is needed but cannot be asked."""
-        if not self.args.force and not sys.stdin.isatty():
-            raise UsageError(f"{what}: stdin is not a terminal, so there is no one to confirm: pass --force")
+        can_confirm(what, self.args.force)
 
     def confirm(self, question: str, what: str) -> None:
-        """Ask on the terminal unless --force; never prompt when stdin is not a terminal."""
-        if self.args.force:
-            return
-        self.can_confirm(what)
-        print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
-        answer = sys.stdin.readline()
-        if answer.strip().lower() not in ("y", "yes"):
-            raise CtlError(f"{what}: not confirmed; nothing was changed")
+        confirm(question, what, self.args.force)
 
     def report(self, acc: Accepted) -> int:
         if acc.warning:
@@ -228,12 +261,7 @@ class Ctl:
         return 0
 
     def _describe(self, view: ClusterView, name: str | None) -> str:
-        if name is None:
-            return "the best replica (chosen by the cluster)"
-        m = view.member(name)
-        if m is None:
-            return f"{name} (not a member right now)"
-        return f"{name} ({m.role}, lag {fmt.human_bytes(m.lag_bytes)})"
+        return describe_member(view, name)
 
     def cmd_switchover(self) -> int:
         a = self.args
@@ -256,17 +284,7 @@ class Ctl:
         if not a.force:
             self.can_confirm("failover")
             view = self.client.cluster()
-            notes = []
-            leader = view.member(view.leader) if view.leader else None
-            if leader is not None and leader.name != a.candidate:
-                notes.append(
-                    f"{leader.name} is the leader ({leader.state or 'state unknown'}): "
-                    "if it is healthy, 'switchover' hands over without losing data."
-                )
-            cand = view.member(a.candidate)
-            if cand is not None and cand.lag_bytes:
-                notes.append(f"{a.candidate} lags {fmt.human_bytes(cand.lag_bytes)} behind: those writes may be lost.")
-            for note in notes:
+            for note in failover_notes(view, a.candidate):
                 print(note, file=sys.stderr)
             self.confirm(f"Fail over to {self._describe(view, a.candidate)}?", "failover")
         return self.report(self.client.failover(a.candidate, wait=not a.no_wait))
@@ -394,12 +412,16 @@ class Ctl:
 
 def run(args: argparse.Namespace, env: dict[str, str] | None = None) -> int:
     """Run a parsed ctl command; returns the exit code. Prints one stderr line on failure."""
-    prog = getattr(args, "ctl_prog", PROG)
     ctl = Ctl(args, env)
+    return guarded(getattr(args, "ctl_prog", PROG), ctl.run, ctl._auth_source)
+
+
+def guarded(prog: str, body: Callable[[], int], auth_source: Callable[[], str | None] = lambda: None) -> int:
+    """Run ``body``; any failure is one line on stderr and an exit code (never a traceback)."""
     try:
-        return ctl.run()
+        return body()
     except CtlError as exc:
-        print(f"{prog}: {fmt.error_line(exc, ctl._auth_source())}", file=sys.stderr)
+        print(f"{prog}: {fmt.error_line(exc, auth_source())}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

@@ -5,6 +5,7 @@ pgquorum kube status [--json]
 pgquorum kube kubeconfig [--path]
 pgquorum kube down [--destroy]
 pgquorum kube build                                     # only build binaries and images into the cache
+pgquorum kube load [--only pgquorum]                    # rebuild changed images, import into every node
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def configure_parser(kube: argparse.ArgumentParser) -> None:
     down = common(sub.add_parser("down", help="remove every process, mount, namespace, veth and route it made"))
     down.add_argument("--destroy", action="store_true", help="also delete the PKI and the nodes' image stores")
     common(sub.add_parser("build", help="build the Kubernetes binaries, Helm and the images into the cache"))
+    load = common(sub.add_parser("load", help="rebuild changed images and import them into every running node"))
+    load.add_argument("--only", action="append", metavar="IMAGE", help="only this image (e.g. pgquorum); repeatable")
 
 
 def _plan(args: argparse.Namespace, nodes: int | None = None) -> Any:
@@ -92,6 +95,17 @@ def _local(args: argparse.Namespace) -> int:
         _print_status(kube.status(), False)
         return 0
     kube = _plan(args)
+    if cmd == "load":
+        from pgquorum.kube import images
+
+        known = [i.name for i in images.IMAGES]
+        for name in args.only or []:
+            if name not in known:
+                print(f"pgquorum kube load: --only {name}: no such image (known: {', '.join(known)})", file=sys.stderr)
+                return 2
+        done = kube.load_images(args.only)
+        print("\n".join(done) if done else "every node already has these images")
+        return 0
     if cmd == "status":
         status = kube.status()
         _print_status(status, args.json)
@@ -134,6 +148,11 @@ def _kind(args: argparse.Namespace) -> int:
     return 2
 
 
+def _node_rss(parts: dict[str, float | None]) -> str:
+    known = [v for v in parts.values() if v is not None]
+    return f"{sum(known):.0f}" if known else "-"
+
+
 def _print_status(status: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(status, indent=2))
@@ -142,7 +161,11 @@ def _print_status(status: dict[str, Any], as_json: bool) -> None:
     state = "running" if status["running"] else "stopped"
     print(f"cluster {status['name']} (Kubernetes {status['kubernetes_version']}): {state}")
     print(f"server {status['server']}   control plane: {cp}")
-    rows = [("NODE", "ADDRESS", "POD CIDR", "READY", "CONTAINERD", "KUBELET", "KUBE-PROXY")]
+    cp_rss = {k: v for k, v in status["control_plane_rss_mib"].items() if v is not None}
+    if cp_rss:
+        parts = ", ".join(f"{k} {v:.0f}" for k, v in cp_rss.items())
+        print(f"control plane RSS {sum(cp_rss.values()):.0f} MiB ({parts})")
+    rows = [("NODE", "ADDRESS", "POD CIDR", "READY", "CONTAINERD", "KUBELET", "KUBE-PROXY", "RSS MiB")]
     for n in status["nodes"]:
         if not (n["containerd"] or n["kubelet"] or n["ready"]) and not status["running"]:
             continue
@@ -153,6 +176,7 @@ def _print_status(status: dict[str, Any], as_json: bool) -> None:
                 n["pod_cidr"],
                 "yes" if n["ready"] else "no",
                 *("up" if n[k] else "down" for k in ("containerd", "kubelet", "kube_proxy")),
+                _node_rss(n["rss_mib"]),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

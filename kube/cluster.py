@@ -100,15 +100,19 @@ class LocalKube:
         try:
             self._prepare_files()
             self._network()
+            self.progress(f"network up: bridge {plan.bridge}, {len(plan.nodes)} node namespaces")
             self._control_plane(deadline=started + timeout)
+            self.progress(f"control plane ready at https://{plan.apiserver_addr}:6443")
             for node in plan.nodes:
                 self._start_containerd(node)
             for node in plan.nodes:
                 # the kubelet exits at once when the runtime's socket is not there yet
                 self._wait_containerd(node, deadline=started + timeout)
                 self._start_kubelet(node)
+            self.progress("containerd and kubelets started")
             for node in plan.nodes:
                 kimages.load_images(archives, node.containerd_socket)
+                self.progress(f"{node.name}: images present")
             self.kubectl.run(["apply", "--server-side", "--force-conflicts", "-f", "-"], stdin=self._addons())
             self._wait_ready(deadline=started + timeout)
         except BaseException:
@@ -118,6 +122,18 @@ class LocalKube:
         self.progress(f"cluster {plan.name} up in {elapsed:.1f} s: {len(plan.nodes)} nodes Ready, DNS answers")
         self.progress(f"export KUBECONFIG={plan.admin_kubeconfig}")
         return elapsed
+
+    def load_images(self, only: Sequence[str] | None = None) -> list[str]:
+        """(Re)build what changed and import it into every running node: after an edit to the code,
+        the next pod gets the new image (pods use ``imagePullPolicy: IfNotPresent`` on a fixed tag,
+        so delete or roll them to pick it up)."""
+        archives = kimages.ensure_images(self.progress, only)
+        done: list[str] = []
+        for node in self.plan.nodes:
+            if not host.alive(host.recorded_pid(self.plan, f"{node.name}-containerd")):
+                raise ClusterError(f"node {node.name}: containerd is not running (pgquorum kube up first)")
+            done += [f"{node.name}: {ref}" for ref in kimages.load_images(archives, node.containerd_socket)]
+        return done
 
     def _addons(self) -> str:
         return addons.addon_manifest(self.plan, cluster_images())
@@ -328,7 +344,9 @@ class LocalKube:
 
     def status(self) -> dict[str, Any]:
         plan = self.plan
-        procs = {n: host.alive(host.recorded_pid(plan, n)) for n in CONTROL_PLANE}
+        pids = {n: host.recorded_pid(plan, n) for n in CONTROL_PLANE}
+        procs = {n: host.alive(pid) for n, pid in pids.items()}
+        rss = {n: host.rss_mib(pid) for n, pid in pids.items()}
         nodes: list[dict[str, Any]] = []
         api: dict[str, Any] = {}
         if procs["kube-apiserver"] and plan.admin_kubeconfig.exists():
@@ -347,6 +365,11 @@ class LocalKube:
                     "containerd": host.alive(host.recorded_pid(plan, f"{node.name}-containerd")),
                     "kubelet": host.alive(host.recorded_pid(plan, f"{node.name}-kubelet")),
                     "kube_proxy": host.alive(host.recorded_pid(plan, f"{node.name}-kube-proxy")),
+                    # what a node costs beside its pods: containerd + kubelet + kube-proxy
+                    "rss_mib": {
+                        part: host.rss_mib(host.recorded_pid(plan, f"{node.name}-{part}"))
+                        for part in ("containerd", "kubelet", "kube-proxy")
+                    },
                 }
             )
         running = any(procs.values()) or any(n["kubelet"] for n in nodes)
@@ -360,6 +383,7 @@ class LocalKube:
             "helm": str(HELM.binary("helm")),
             "kubectl": str(KUBERNETES.binary("kubectl")),
             "control_plane": procs,
+            "control_plane_rss_mib": rss,
             "nodes": nodes,
         }
 

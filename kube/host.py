@@ -74,15 +74,32 @@ def start(name: str, argv: Sequence[str], plan: ClusterPlan, log: Path, netns: s
         proc = subprocess.Popen(
             full, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True
         )
-    (plan.pid_dir / f"{name}.pid").write_text(f"{proc.pid}\n")
+    (plan.pid_dir / f"{name}.pid").write_text(f"{proc.pid} {process_identity(proc.pid)}\n")
     return proc.pid
 
 
-def recorded_pid(plan: ClusterPlan, name: str) -> int | None:
+def process_identity(pid: int) -> str:
+    """The boot and start time of a process: with its pid, names it across pid reuse and reboots."""
     try:
-        return int((plan.pid_dir / f"{name}.pid").read_text().strip())
-    except (OSError, ValueError):
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        with open(f"/proc/{pid}/stat") as f:
+            start = f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+    return f"{boot}:{start}"
+
+
+def recorded_pid(plan: ClusterPlan, name: str) -> int | None:
+    """The recorded process's pid while that very process runs. A pid file outlives its process (a
+    crash, a reboot, a copied disk): its pid may then belong to anything, which must never be killed."""
+    try:
+        fields = (plan.pid_dir / f"{name}.pid").read_text().split()
+        pid = int(fields[0])
+    except (OSError, ValueError, IndexError):
         return None
+    if len(fields) != 2 or fields[1] != process_identity(pid):
+        return None
+    return pid
 
 
 def alive(pid: int | None) -> bool:
@@ -93,6 +110,19 @@ def alive(pid: int | None) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def rss_mib(pid: int | None) -> float | None:
+    """Resident memory of a live process in MiB (VmRSS), None when it is not running."""
+    if not alive(pid):
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def stop_recorded(plan: ClusterPlan, names: Sequence[str], grace: float = 5.0) -> None:

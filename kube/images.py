@@ -14,6 +14,7 @@ import argparse
 import datetime as dt
 import email.utils
 import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -67,9 +68,15 @@ def source_root() -> Path:
 
 
 def _version_from(root: Path) -> str:
+    """The checkout's version; outside a checkout (an installed wheel, the image itself) the
+    installed package's, so the image reference matches what was built from that version."""
     try:
         return str(_pyproject(root)["version"])
     except (OSError, KeyError):
+        pass
+    try:
+        return importlib.metadata.version("pgquorum")
+    except importlib.metadata.PackageNotFoundError:
         return "0.0.0"
 
 

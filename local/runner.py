@@ -30,10 +30,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pgquorum.agent.config import Timing, default_bin_dir
+from pgquorum.agent.config import (
+    ApiSettings,
+    ConfigError,
+    PostgresSettings,
+    Timing,
+    default_bin_dir,
+    sync_settings,
+)
+from pgquorum.agent.config_render import (
+    WITNESS,
+    ClusterSettings,
+    DataMember,
+    MemberSettings,
+    Witness,
+    render_agent_config,
+    write_agent_config,
+)
 from pgquorum.agent.postgres.process import kill_tree
+from pgquorum.agent.stonith import parse_hooks
 from pgquorum.local.etcd import EtcdServer, EtcdServerError
 from pgquorum.local.ports import free_port
 from pgquorum.local.prometheus import PrometheusError, PrometheusServer
@@ -240,51 +255,39 @@ class LocalCluster:
         password = (secrets_dir / "superuser").read_text().strip()
         me = pwd.getpwuid(os.geteuid()).pw_name
         self._write_private(secrets_dir / "pgpass", f"127.0.0.1:*:*:postgres:{password}\n", me)
-        for slot in state.members:
+        shared = ClusterSettings(
+            cluster=state.cluster,
+            etcd_endpoints=(f"http://127.0.0.1:{state.etcd_client_port}",),
+            timing=timing,
+            api=ApiSettings(auth_token_file=secrets_dir / "api-token"),  # for POST/PATCH on the REST API
+            quorum_votes=quorum_votes,
+        )
+        try:
+            sync = None if synchronous is None else sync_settings(synchronous)
+            hooks = parse_hooks(stonith)
+        except ConfigError as exc:
+            raise LocalError(str(exc)) from None
+        owner = state.run_as if os.geteuid() == 0 else None
+        for slot in state.agents():
             home = self.data_dir / slot.name
             home.mkdir(exist_ok=True)
             self._chown(home, state.run_as)
-            config: dict[str, Any] = {
-                "name": slot.name,
-                "cluster": state.cluster,
-                "etcd_endpoints": [f"http://127.0.0.1:{state.etcd_client_port}"],
-                "api_listen": f"127.0.0.1:{slot.api_port}",
-                "api": {"auth_token_file": str(secrets_dir / "api-token")},  # for POST/PATCH on the REST API
-                "timing": asdict(timing),
-                "postgres": {
-                    "data_dir": str(home / "pgdata"),
-                    "bin_dir": default_bin_dir(),
-                    "port": slot.pg_port,
-                    "superuser_password_file": str(secrets_dir / "superuser"),
-                    "replication_password_file": str(secrets_dir / "replication"),
-                    "parameters": {"shared_buffers": "32MB", "max_connections": "50", "max_slot_wal_keep_size": "1GB"},
-                },
-            }
-            if synchronous is not None:
-                config["synchronous"] = dict(synchronous)
-            if not quorum_votes:
-                config["quorum_votes"] = False
-            if stonith:
-                config["stonith"] = [dict(hook) for hook in stonith]
-            cfg_path = home / "agent.yaml"
-            cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
-            self._chown(cfg_path, state.run_as)
-        for slot in state.witnesses:
-            home = self.data_dir / slot.name
-            home.mkdir(exist_ok=True)
-            self._chown(home, state.run_as)
-            witness: dict[str, Any] = {
-                "name": slot.name,
-                "cluster": state.cluster,
-                "witness": True,
-                "etcd_endpoints": [f"http://127.0.0.1:{state.etcd_client_port}"],
-                "api_listen": f"127.0.0.1:{slot.api_port}",
-                "api": {"auth_token_file": str(secrets_dir / "api-token")},
-                "timing": asdict(timing),
-            }
-            cfg_path = home / "agent.yaml"
-            cfg_path.write_text(yaml.safe_dump(witness, sort_keys=False))
-            self._chown(cfg_path, state.run_as)
+            role: DataMember | Witness = WITNESS
+            if slot in state.members:
+                postgres = PostgresSettings(
+                    data_dir=home / "pgdata",
+                    bin_dir=Path(default_bin_dir()),
+                    port=slot.pg_port,
+                    superuser_password_file=secrets_dir / "superuser",
+                    replication_password_file=secrets_dir / "replication",
+                    parameters={"shared_buffers": "32MB", "max_connections": "50", "max_slot_wal_keep_size": "1GB"},
+                )
+                role = DataMember(postgres=postgres, synchronous=sync, stonith=hooks)
+            member = MemberSettings(name=slot.name, api_listen=f"127.0.0.1:{slot.api_port}", role=role)
+            try:
+                write_agent_config(home / "agent.yaml", render_agent_config(shared, member), owner)
+            except ConfigError as exc:
+                raise LocalError(f"{home / 'agent.yaml'}: {exc}") from None
 
     def _start_etcd(self, state: LocalState) -> None:
         if _pid_alive(state.etcd_pid, "etcd"):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks and prints the path of a ready virtualenv.
 #   root:      apt packages (postgresql-15, etcd-server, prometheus, python3-venv; nftables and iputils-ping
-#              for the chaos test bed in network namespaces), venv under /opt/pgquorum-cache
+#              for the chaos test bed in network namespaces; containerd, runc, CNI plugins, podman,
+#              debootstrap, conntrack, iptables for `pgquorum kube`), venv under /opt/pgquorum-cache
 #   non-root:  checks the packages, venv under ~/.cache/pgquorum
 # The venv is built from /usr/bin/python3 outside /root, so the unprivileged 'postgres' user that
 # runs PostgreSQL (which refuses root) can execute it. Reused while pyproject.toml is unchanged.
@@ -13,7 +14,12 @@ log() { echo "setup: $*" >&2; }
 if [ "$(id -u)" = 0 ]; then
   CACHE=${PGQUORUM_CACHE:-/opt/pgquorum-cache}
   missing=()
-  for pkg in postgresql-15 etcd-server prometheus python3-venv nftables iputils-ping; do
+  # the second line: the local Kubernetes (`pgquorum kube`, the kube tests) and its image builds;
+  # podman's recommends (buildah, fuse-overlayfs, slirp4netns, uidmap) are named because we install
+  # without recommends and these are what podman builds with here.
+  for pkg in postgresql-15 etcd-server prometheus python3-venv nftables iputils-ping \
+    containerd runc containernetworking-plugins podman buildah fuse-overlayfs slirp4netns uidmap \
+    debootstrap busybox-static conntrack iptables openssl util-linux iproute2; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
   done
   # Go builds the chaos linearizability checker (porcupine); any go >= 1.18 will do
@@ -25,9 +31,12 @@ if [ "$(id -u)" = 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
   fi
   # Debian starts a system-wide etcd/postgres on install where an init system runs; we use our own.
-  if command -v systemctl >/dev/null && systemctl is-active --quiet etcd 2>/dev/null; then
-    systemctl stop etcd >&2 || true
-  fi
+  # Same for containerd: every node of `pgquorum kube` runs its own, on its own socket.
+  for unit in etcd containerd; do
+    if command -v systemctl >/dev/null && systemctl is-active --quiet "$unit" 2>/dev/null; then
+      systemctl stop "$unit" >&2 || true
+    fi
+  done
 else
   CACHE=${PGQUORUM_CACHE:-$HOME/.cache/pgquorum}
   for bin in /usr/lib/postgresql/15/bin/postgres /usr/bin/etcd /usr/bin/prometheus; do

@@ -515,6 +515,15 @@ def post_promise(api: Api, req: Request, query: dict[str, list[str]]) -> Respons
     return Response(status, body)
 
 
+def post_promise_release(api: Api, req: Request, query: dict[str, list[str]]) -> Response:
+    """A primary that stopped postgres frees us from its promise, so its successor need not wait."""
+    parsed = parse_promise_request(parse_object(req.body, allow_empty=False))
+    if isinstance(parsed, FieldError):
+        return error(parsed.status, parsed.message, parsed.field)
+    status, body = _voter(api).release(parsed)
+    return Response(status, body)
+
+
 def build_routes(metrics: bool) -> list[Route]:
     lag = frozenset({"lag"})
     routes = [
@@ -562,6 +571,11 @@ def build_routes(metrics: bool) -> list[Route]:
         Route("/reinitialize", {"POST": post_reinitialize}, "re-clone this replica"),
         Route("/vote", {"POST": post_vote}, "a candidate asks for this member's vote (agent to agent)"),
         Route("/promise", {"POST": post_promise}, "the primary renews this member's failsafe promise"),
+        Route(
+            "/promise/release",
+            {"POST": post_promise_release},
+            "a primary that stopped postgres frees this member from its promise",
+        ),
     ]
     if metrics:
         routes.append(Route("/metrics", {"GET": get_metrics}, "Prometheus metrics", any_query=True))

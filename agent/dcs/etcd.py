@@ -474,6 +474,15 @@ class EtcdDCS:
         return self._txn([_compare(key, "CREATE", 0)], [_put(key, entry.to_json())], self._deadline())
 
     @_guarded
+    def retire_voter(self, name: str) -> bool:
+        """Delete ``voters/<name>`` only while ``members/<name>`` is absent (its agent is gone and cannot
+        register again meanwhile). True if deleted now. For the operator's scale-down, one at a time."""
+        voter, member = f"{self.base}voters/{name}", f"{self.base}members/{name}"
+        return self._txn(
+            [_compare(member, "CREATE", 0), _compare(voter, "CREATE", 0, "GREATER")], [_delete(voter)], self._deadline()
+        )
+
+    @_guarded
     def release_leader(self, name: str) -> bool:
         key = self.base + "leader"
         return self._txn([_compare(key, "VALUE", name)], [_delete(key)], self._deadline())

@@ -8,8 +8,10 @@ the loop still reads the whole cluster itself -- so errors just mean a reconnect
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
+import socket
 import threading
 from collections.abc import Callable, Sequence
 
@@ -35,10 +37,26 @@ class LeaderWatch:
         self._thread.start()
 
     def stop(self) -> None:
+        """Returns at once: the reading thread sees its stream end and exits.
+
+        ``response.close()`` would wait for the reader's buffer lock, held by a read that returns only
+        on the next event or the idle timeout -- a SIGTERMed leader then kept serving (and kept its
+        key) for seconds. Shutting the socket down needs no lock and ends that read immediately.
+        """
         self._stop.set()
         response = self._response
-        if response is not None:
-            response.close()  # unblocks the reading thread
+        if response is None:
+            return
+        connection = getattr(response.raw, "connection", None)
+        sock = getattr(connection, "sock", None)
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):  # already closed by the reader: nothing to stop
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def join(self, timeout: float) -> bool:
+        """Wait for the reading thread to end; True when it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         index = 0

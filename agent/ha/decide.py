@@ -709,13 +709,39 @@ def _race(inp: Inputs, cluster: ClusterState) -> Decision:
     for p in eligible_peers:
         theirs = (p.lsn or 0, p.name)
         if theirs[0] > mine[0] or (theirs[0] == mine[0] and theirs[1] < mine[1]):
-            return _wait(
+            waiting = _wait(
                 inp,
                 f"no leader: {p.name} is ahead or ties with a smaller name "
                 f"({p.lsn} vs our {mine[0]}), letting it take the key",
                 Role.STANDBY,
             )
+            return _yield_term(inp, cluster, p.name, waiting)
     return _elect(inp, cluster, take) if inp.voting is not None else take
+
+
+def _yield_term(inp: Inputs, cluster: ClusterState, better: str, waiting: Decision) -> Decision:
+    """We asked for the next term's votes and voted for ourselves; now ``better`` outranks us.
+
+    Our vote of that term can never go to ``better`` (one vote per voter per term), so if the
+    others split the same way nobody wins until the split is closed after ttl -- measured: 3 s
+    lost when a leader stopped gracefully and its two replicas, woken by the same watch event,
+    each voted for itself before seeing the other. Close the term at once instead (compare-and-
+    swap on the term, only while no leader key exists): ``better`` collects fresh votes in the
+    next one, ours among them. A term ``better`` had already won costs it one round.
+    """
+    voting = inp.voting
+    e = voting.election if voting is not None else None
+    if e is None or e.term != cluster.term + 1:
+        return waiting
+    if not any(v.voter == inp.me and v.candidate == inp.me and v.term == e.term for v, _ in e.votes):
+        return waiting
+    return replace(
+        waiting,
+        actions=(AdvanceTerm(cluster.term),),
+        reason=f"{waiting.reason}; we voted for ourselves in term {e.term}, so {better} cannot have "
+        f"our vote in it: closing term {e.term} so that {better} is elected in term {e.term + 1}",
+        again=True,
+    )
 
 
 def _elect(inp: Inputs, cluster: ClusterState, take: Decision) -> Decision:
@@ -758,8 +784,9 @@ def _elect(inp: Inputs, cluster: ClusterState, take: Decision) -> Decision:
                 election=result,
             )
         # A promise about to expire is worth a quick retry; one the primary keeps renewing is not.
+        # Votes gone to another candidate too: it may close the term for us (``_yield_term``).
         quick = ELECTION_RETRY * 2 ** min(e.attempt - 1, 16)
-        retry = min(quick, inp.timing.loop_wait) if e.transient else inp.timing.loop_wait
+        retry = min(quick, inp.timing.loop_wait) if e.transient or result.others else inp.timing.loop_wait
         if inp.now - e.at < retry:
             return replace(
                 take,

@@ -78,6 +78,7 @@ from pgquorum.agent.model import (
     SyncRecord,
     VoterEntry,
 )
+from pgquorum.agent.podrole import PodLabeler, pod_role
 from pgquorum.agent.postgres.controller import PostgresController, PostgresError, Upstream
 from pgquorum.agent.postgres.fencing_token import write_term
 from pgquorum.agent.quorum.peers import PromiseKeeper, PromiseTarget, ask_vote, fetch_peer_status, peer_authorization
@@ -128,6 +129,7 @@ class HaLoop:
         watch: LeaderWatch | None = None,
         control_dcs: DCS | None = None,
         voter: VoterService | None = None,
+        pod_labels: PodLabeler | None = None,
     ):
         self.cfg = cfg
         self.dcs = dcs
@@ -136,6 +138,7 @@ class HaLoop:
         self.memory = Memory()
         self.wake = threading.Event()
         self.watch = watch  # wakes the loop when the leader key changes (latency only)
+        self.pod_labels = pod_labels  # in a Kubernetes pod: the role label `-rw` selects on
         self._stop = threading.Event()
         # Quorum votes and the failsafe (DESIGN 2.5): our own vote and promises (``voter``, shared with
         # the API's /vote and /promise), the promises we hold as primary (``keeper``).
@@ -235,12 +238,20 @@ class HaLoop:
         self.stop()
         was_leader = self.memory.leader_term is not None
         self.guard.stop()
+        stopped = False
         try:
             self.pg.stop(mode="fast", timeout=self.cfg.postgres.stop_timeout)
+            stopped = True
         except PostgresError as exc:
             log.error("postgres did not stop cleanly", extra={"event": "shutdown", "error": str(exc)})
         if self.keeper is not None:
             self.keeper.stop()
+            if was_leader and stopped:  # postgres is gone: our voters need not wait out their promises
+                released = self.keeper.release(timeout=min(1.0, self.cfg.timing.retry_timeout))
+                log.info(
+                    "released the voters' promises on shutdown",
+                    extra={"event": "release", "term": self.memory.leader_term, "voters": released},
+                )
         if self.watchdog is not None:  # postgres is down: a reset would only add harm
             self.watchdog.disable()
         if was_leader:
@@ -642,6 +653,11 @@ class HaLoop:
                 since = self.memory.since_term if self.memory.leader_term == t else new_term
                 self.memory = replace(self.memory, leader_term=new_term, last_renew_sent=renewed_at, since_term=since)
                 self.guard.update(self.memory)
+                if self.pod_labels is not None:
+                    # the old leader's pod out of -rw before ours goes in (it cannot relabel itself when cut off)
+                    old = self._leader_before(cluster, new_term)
+                    if old is not None:
+                        self.pod_labels.demote(old.name, new_term)
                 if d.election is not None:
                     self.metrics.count_election_won()
                 log.warning(
@@ -1028,7 +1044,7 @@ class HaLoop:
             role=role_of(pg, self.memory, cluster, self.cfg.name),
             state=pg_state_word(pg),
             api_url=self.cfg.api_url,
-            conn_url=f"postgres://{self.cfg.postgres.listen_host}:{self.cfg.postgres.port}/postgres",
+            conn_url=f"postgres://{self.cfg.postgres.advertised_host}:{self.cfg.postgres.port}/postgres",
             timeline=pg.timeline,
             received_lsn=pg.received_lsn,
             replayed_lsn=pg.replayed_lsn,
@@ -1036,6 +1052,8 @@ class HaLoop:
             term=cluster.term,
             nofailover=self.cfg.nofailover,
         )
+        if self.pod_labels is not None:
+            self.pod_labels.publish(pod_role(member.role), cluster.term)
         try:
             # The key lives on our lease, which each loop renews: rewrite it only when it changed.
             if cluster.member(self.cfg.name) != member:

@@ -25,6 +25,7 @@ class RefusalCode(enum.StrEnum):
     CANDIDATE_BEHIND = "candidate_behind"
     NEWER_TERM = "newer_term"
     VOTED_NEWER = "voted_newer"
+    RELEASED = "released"  # promise: that primary released its promises when it stopped
     # Client side only: the peer answered something that is not a valid answer.
     BAD_ANSWER = "bad_answer"
 
@@ -47,6 +48,7 @@ _STATUS = {
     RefusalCode.CANDIDATE_BEHIND: 409,
     RefusalCode.NEWER_TERM: 409,
     RefusalCode.VOTED_NEWER: 409,
+    RefusalCode.RELEASED: 409,
     RefusalCode.BAD_ANSWER: 502,
 }
 

@@ -33,6 +33,7 @@ from pgquorum.agent.quorum.failsafe import (
     grant_promise,
     observe_etcd,
     promise_refusal,
+    release_promise,
 )
 from pgquorum.agent.quorum.refusal import Refusal, RefusalCode
 from pgquorum.agent.quorum.votes import (
@@ -153,6 +154,17 @@ class VoterService:
                 },
             )
         return promise_response(result)
+
+    # -- POST /promise/release --------------------------------------------------------------------
+    def release(self, request: PromiseRequest) -> tuple[int, dict[str, Any]]:
+        with self._lock:
+            memory, dropped = release_promise(self._memory, request)
+            self._memory = memory
+        log.warning(
+            "promise released: its primary stopped postgres" if dropped else "promise release noted (none held)",
+            extra={"event": "promise_released", "primary": request.primary, "term": request.term, "dropped": dropped},
+        )
+        return 200, {"released": dropped, "voter": memory.me, "primary": request.primary, "term": request.term}
 
     # -- POST /vote ------------------------------------------------------------------------------
     def vote(self, request: VoteRequest) -> tuple[int, dict[str, Any]]:

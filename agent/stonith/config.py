@@ -24,14 +24,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pgquorum.agent.config import ConfigError
+from pgquorum.agent.kubeapi import SA_CA, SA_NAMESPACE, SA_TOKEN
 
 # Values a template (exec argv, env values, pid_file, kubernetes pod) may use, e.g. "{old_leader}".
 PLACEHOLDERS = ("cluster", "old_leader", "new_leader", "term", "old_leader_host", "old_leader_api_url")
 
-SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-SA_TOKEN = SA_DIR / "token"
-SA_CA = SA_DIR / "ca.crt"
-SA_NAMESPACE = SA_DIR / "namespace"
 
 MAX_TIMEOUT = 600.0  # seconds; a promotion blocked longer than this is an outage, not a fence
 DEFAULT_TIMEOUTS = {"exec": 10.0, "webhook": 5.0, "local-kill": 5.0, "kubernetes": 10.0}

@@ -24,7 +24,6 @@ RBAC: ``pods: get, delete`` in the namespace; with ``taint_node`` also ``nodes: 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Mapping
@@ -32,8 +31,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from pgquorum.agent.stonith import httpcall
-from pgquorum.agent.stonith.config import SA_CA, SA_NAMESPACE, SA_TOKEN, KubernetesHook
+from pgquorum.agent.kubeapi import Endpoint, Failure, KubeApi, KubeApiError, in_cluster, service_account_namespace
+from pgquorum.agent.kubeapi import pod_path as kube_pod_path
+from pgquorum.agent.stonith.config import KubernetesHook
 from pgquorum.agent.stonith.model import FenceRequest, HookFailure, Outcome, render
 from pgquorum.agent.stonith.webhook import read_secret
 
@@ -44,85 +44,41 @@ CONFLICT_RETRIES = 3
 
 
 class _Api:
-    def __init__(self, base: str, token: bytes | None, ca_file: Path | None, deadline: float, where: str):
-        self.base = base
-        self.token = token
-        self.ca_file = ca_file
+    """The shared client, its errors told as a hook's outcomes, every call within the hook's deadline."""
+
+    def __init__(self, base: str, token: bytes | None, ca_file: Path | None, deadline: float):
+        self.api = KubeApi(base, token, ca_file, "pgquorum-stonith")
         self.deadline = deadline
-        self.where = where
 
     def call(
         self, method: str, path: str, body: dict[str, Any] | None = None, content_type: str = "application/json"
     ) -> tuple[int, dict[str, Any]]:
-        """(status, JSON object); 2xx, 404 and 409 are returned, anything else raises ``HookFailure``."""
-        headers = {"Accept": "application/json", "User-Agent": "pgquorum-stonith"}
-        if self.token is not None:
-            headers["Authorization"] = "Bearer " + self.token.decode(errors="replace")
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = content_type
         try:
-            resp = httpcall.request(
-                method,
-                self.base + path,
-                body=data,
-                headers=headers,
-                timeout=self.deadline - time.monotonic(),
-                ca_file=self.ca_file,
+            return self.api.call(
+                method, path, body, timeout=self.deadline - time.monotonic(), content_type=content_type
             )
-        except httpcall.HttpTimeout as exc:
-            raise HookFailure(Outcome.TIMEOUT, f"{method} {path}: {exc}") from None
-        except OSError as exc:
-            raise HookFailure(Outcome.FAILED, f"{method} {path} at {self.base}: {exc}") from None
-        try:
-            parsed = json.loads(resp.body) if resp.body else {}
-        except ValueError:
-            parsed = {}
-        if not isinstance(parsed, dict):
-            parsed = {}
-        if resp.status == 404 or resp.ok or resp.status == 409:
-            return resp.status, parsed
-        secrets = [self.token] if self.token is not None else []
-        message = parsed.get("message")
-        if isinstance(message, str) and message:
-            resp = httpcall.HttpResponse(resp.status, message.encode())
-        detail = resp.snippet(300, secrets)
-        hint = {
-            401: "; the token was refused (expired or wrong token_file?)",
-            403: "; grant the agent's service account this permission (see the STONITH README for the RBAC)",
-        }.get(resp.status, "")
-        raise HookFailure(Outcome.FAILED, f"{method} {path} -> {resp.status}: {detail}{hint}")
+        except KubeApiError as exc:
+            outcome = Outcome.TIMEOUT if exc.failure is Failure.TIMEOUT else Outcome.FAILED
+            raise HookFailure(outcome, str(exc)) from None
 
 
-def _endpoint(hook: KubernetesHook, environ: Mapping[str, str]) -> tuple[str, Path | None, Path | None]:
-    """Base URL, token file and CA file to use."""
+def _endpoint(hook: KubernetesHook, environ: Mapping[str, str]) -> Endpoint:
     if hook.api_url is not None:
-        return hook.api_url, hook.token_file, hook.ca_file
-    host = environ.get("KUBERNETES_SERVICE_HOST")
-    port = environ.get("KUBERNETES_SERVICE_PORT") or "443"
-    if not host:
-        raise HookFailure(
-            Outcome.FAILED,
-            f"{hook.where}: not in a Kubernetes pod (KUBERNETES_SERVICE_HOST is unset); set api_url and token_file",
-        )
-    if ":" in host:  # an IPv6 service address
-        host = f"[{host}]"
-    return f"https://{host}:{port}", hook.token_file or SA_TOKEN, hook.ca_file or SA_CA
+        return Endpoint(hook.api_url, hook.token_file, hook.ca_file)
+    try:
+        found = in_cluster(environ, hook.where)
+    except KubeApiError as exc:
+        raise HookFailure(Outcome.FAILED, f"{exc} and token_file") from None
+    return Endpoint(found.base, hook.token_file or found.token_file, hook.ca_file or found.ca_file)
 
 
 def _namespace(hook: KubernetesHook) -> str:
     if hook.namespace is not None:
         return hook.namespace
     try:
-        ns = SA_NAMESPACE.read_text().strip()
-    except OSError as exc:
-        raise HookFailure(
-            Outcome.FAILED, f"{hook.where}.namespace: not set and {SA_NAMESPACE} is unreadable ({exc.strerror})"
-        ) from None
-    if not ns:
-        raise HookFailure(Outcome.FAILED, f"{hook.where}.namespace: not set and {SA_NAMESPACE} is empty")
-    return ns
+        return service_account_namespace(hook.where)
+    except KubeApiError as exc:
+        raise HookFailure(Outcome.FAILED, str(exc)) from None
 
 
 def _pod_gone(status: int, obj: dict[str, Any], pod: str, path: str) -> bool:
@@ -168,12 +124,13 @@ def _taint(api: _Api, node: str) -> str:
 
 def run_kubernetes(hook: KubernetesHook, request: FenceRequest, environ: Mapping[str, str] | None = None) -> str:
     deadline = time.monotonic() + hook.timeout
-    base, token_file, ca_file = _endpoint(hook, os.environ if environ is None else environ)
+    endpoint = _endpoint(hook, os.environ if environ is None else environ)
+    token_file = endpoint.token_file
     token = read_secret(token_file, f"{hook.where}.token_file") if token_file is not None else None
     namespace = _namespace(hook)
     pod = render(hook.pod, request, f"{hook.where}.pod")
-    api = _Api(base, token, ca_file if base.startswith("https:") else None, deadline, hook.where)
-    pod_path = f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(pod, safe='')}"
+    api = _Api(endpoint.base, token, endpoint.ca_file, deadline)
+    pod_path = kube_pod_path(namespace, pod)
     node: str | None = None
     if hook.taint_node:
         status, obj = api.call("GET", pod_path)

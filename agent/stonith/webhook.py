@@ -18,7 +18,7 @@ import hmac
 import json
 from pathlib import Path
 
-from pgquorum.agent.stonith import httpcall
+from pgquorum.agent import httpcall
 from pgquorum.agent.stonith.config import WebhookHook
 from pgquorum.agent.stonith.model import FenceRequest, HookFailure, Outcome
 

@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     configure_ctl_parser(ctl)
     configure_chaos_parser(sub.add_parser("chaos", help="fault injection in network namespaces, history checker"))
     configure_kube_parser(sub.add_parser("kube", help="a real multi-node Kubernetes on this machine (or kind)"))
+    from pgquorum.operator.cli import configure_parser as configure_operator_parser
+
+    configure_operator_parser(sub.add_parser("operator", help="the Kubernetes operator (PostgresCluster resources)"))
     return p
 
 
@@ -121,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         from pgquorum.kube.cli import run as run_kube
 
         return run_kube(args)
+    if args.command == "operator":
+        from pgquorum.operator.cli import run as run_operator
+
+        return run_operator(args)
     try:
         if args.command == "agent":
             from pgquorum.agent.main import run_agent

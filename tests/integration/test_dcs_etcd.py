@@ -554,3 +554,36 @@ def test_voters_are_registered_once_without_a_lease(etcd: EtcdServer, cluster: s
     state = make(etcd, cluster, "a").get_cluster()
     assert state.voters == (VoterEntry("w", witness=True),)
     assert state.voting_members("a") == ("a", "w")
+
+
+def test_a_vote_is_retired_only_while_its_member_key_is_absent(etcd: EtcdServer, cluster: str) -> None:
+    c, op = make(etcd, cluster, "c"), make(etcd, cluster, "operator")
+    assert c.register_voter(VoterEntry("c"))
+    c.touch_member(MemberInfo("c", Role.REPLICA, "running", "http://c:8008", "postgres://c:5432/postgres"))
+    assert not op.retire_voter("c")  # its agent still runs: it would register again
+    c.revoke_lease()  # the member key goes with the lease
+    assert op.retire_voter("c")
+    assert op.get_cluster().voters == ()
+    assert not op.retire_voter("c")  # nothing left to delete
+
+
+def test_the_leader_watch_wakes_on_a_change_and_stops_at_once(etcd: EtcdServer, cluster: str) -> None:
+    """stop() must not wait for the stream's next event: a SIGTERMed leader stops postgres right after."""
+    from pgquorum.agent.dcs.etcd_watch import LeaderWatch
+
+    key = f"/pgquorum/{cluster}/leader"
+    woke = threading.Event()
+    watch = LeaderWatch([etcd.client_url], key, woke.set)
+    watch.start()
+    deadline = time.monotonic() + 10
+    while not woke.is_set() and time.monotonic() < deadline:  # until the stream is open and sees a put
+        raw_put(etcd, key, "x")
+        woke.wait(0.2)
+    assert woke.is_set(), "the watch never reported a put of the key"
+    started = time.monotonic()
+    watch.stop()
+    stopped = time.monotonic() - started
+    assert watch.join(timeout=5), "the watch thread still reads after stop()"
+    ended = time.monotonic() - started
+    # before the fix stop() blocked until the next event or the 30 s idle reconnect
+    assert stopped < 1.0 and ended < 2.0, (stopped, ended)

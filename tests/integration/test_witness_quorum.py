@@ -34,6 +34,7 @@ import psycopg
 import pytest
 import yaml
 
+from pgquorum.agent.config_render import write_agent_config
 from pgquorum.local.runner import LocalCluster
 
 pytestmark = pytest.mark.integration
@@ -201,7 +202,7 @@ def qc() -> Iterator[QuorumCluster]:
             path = local.data_dir / slot.name / "agent.yaml"
             config = yaml.safe_load(path.read_text())
             config["etcd_endpoints"] = [proxy.url]
-            path.write_text(yaml.safe_dump(config, sort_keys=False))
+            write_agent_config(path, config, owner=state.run_as)
         for slot in state.agents():
             local.start_member(slot.name)
         q = QuorumCluster(local, proxies)
@@ -399,7 +400,9 @@ def test_a_member_that_reaches_etcd_but_not_a_majority_of_votes_is_never_promote
         f"{refused - refused_before:.0f} votes (promised to {leader['name']}); {writer.ok} writes on the primary"
     )
     after = qc.wait_healthy()
-    assert after["leader"] == leader["name"] and after["term"] == s["term"] + 1
+    # a new term (the key expired), held by the same member; a split election closed on the way
+    # may have used a term or two
+    assert after["leader"] == leader["name"] and after["term"] > s["term"], (after, s)
 
 
 # -- longer runs ------------------------------------------------------------------------------------

@@ -1,99 +1,20 @@
 """The local multi-node Kubernetes (``pgquorum kube up``) behaves as Kubernetes does: real
 apiserver, kubelets on containerd, kube-proxy, CoreDNS, the local-path provisioner.
-
-Uses a running cluster when one is up (``pgquorum kube up``), else brings one up for the module
-and takes it down after. Each test works in its own namespace."""
+The cluster comes from the session fixture in conftest.py; each test works in its own namespace."""
 
 from __future__ import annotations
 
 import json
 import time
-import uuid
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
+from kube_support import NODES, apply, busybox_pod, http_get, pods, running, wait_for
 
 from pgquorum.chaos import netns
-from pgquorum.kube import host
-from pgquorum.kube.cluster import Kubectl, LocalKube, chaos_node
+from pgquorum.kube.cluster import LocalKube, chaos_node
 from pgquorum.kube.images import BUSYBOX_IMAGE
-from pgquorum.kube.plan import plan_cluster
 
 pytestmark = pytest.mark.kube
-
-NODES = 3
-
-
-@pytest.fixture(scope="module")
-def kube() -> Iterator[LocalKube]:
-    problems = host.missing_requirements()
-    if problems:
-        pytest.skip("; ".join(problems))
-    cluster = LocalKube(plan_cluster(NODES))
-    status = cluster.status()
-    started_here = not (status["running"] and all(n["ready"] for n in status["nodes"]))
-    if started_here:
-        cluster.up()
-    yield cluster
-    if started_here:
-        cluster.down()
-
-
-@pytest.fixture
-def ns(kube: LocalKube) -> Iterator[str]:
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    kube.kubectl.run(["create", "namespace", name])
-    yield name
-    kube.kubectl.run(["delete", "namespace", name, "--wait=false"], check=False)
-
-
-def apply(k: Kubectl, ns: str, obj: dict[str, Any]) -> None:
-    k.run(["-n", ns, "apply", "-f", "-"], stdin=json.dumps(obj))
-
-
-def wait_for(what: str, check: Any, timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
-
-
-def busybox_pod(name: str, command: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "containers": [{"name": "c", "image": BUSYBOX_IMAGE, "command": ["sh", "-c", command]}],
-            "terminationGracePeriodSeconds": 1,
-            **spec,
-        },
-    }
-
-
-def http_get(k: Kubectl, ns: str, pod: str, host: str, port: int) -> str | None:
-    """The body of ``GET /`` from inside ``pod`` (busybox nc: Debian's static wget crashes)."""
-    script = f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {host} {port}"
-    out = k.run(["-n", ns, "exec", pod, "--", "sh", "-c", script], check=False)
-    if out.returncode != 0 or "\n\n" not in out.stdout:  # text mode: CRLF arrives as \n
-        return None
-    return out.stdout.split("\n\n", 1)[1].strip()
-
-
-def pods(k: Kubectl, ns: str, selector: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = k.json(["-n", ns, "get", "pods", "-l", selector])["items"]
-    return items
-
-
-def running(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        p for p in items if p["status"].get("phase") == "Running" and p["metadata"].get("deletionTimestamp") is None
-    ]
 
 
 def test_pods_spread_over_nodes_and_a_service_reaches_a_pod_on_another_node(kube: LocalKube, ns: str) -> None:

@@ -7,6 +7,9 @@ Used by the property tests of votes and failsafe promises. What is modelled:
   member's link to it can be cut;
 * members: data members (timeline, WAL position) and witnesses, each with its ``VoterMemory``;
   they crash (losing process memory, keeping WAL and etcd keys) and restart;
+* a graceful stop (SIGTERM): a leader stops postgres, frees the voters it reaches from their
+  promises (``release_promise``; each release can be lost), deletes its key when it reaches etcd,
+  and its process ends; renewals it sent before may still arrive afterwards;
 * messages: promise requests travel separately (sent, then delivered later, lost, or with the
   answer lost); vote requests can be lost; links between two members can be cut;
 * one clock for everyone (monotonic clocks of machines differ in offset, not noticeably in rate,
@@ -41,6 +44,7 @@ from pgquorum.agent.quorum.failsafe import (
     majority,
     may_keep_serving,
     observe_etcd,
+    release_promise,
     serving_deadline,
 )
 from pgquorum.agent.quorum.votes import Grant, Vote, VoteRequest, VoterView, decide_vote, record_vote, tally
@@ -337,6 +341,23 @@ class World:
         n.state, n.term_led, n.since_term, n.last_renew_sent, n.promises = "standby", None, None, None, {}
         self.check()
 
+    def shutdown(self, name: str, lost: int = 0) -> None:
+        """SIGTERM: postgres stops first; only then are promises released and the key deleted."""
+        n = self.nodes[name]
+        if not n.alive:
+            return
+        term = n.term_led
+        n.state, n.term_led, n.since_term, n.last_renew_sent, n.promises = "standby", None, None, None, {}
+        if term is not None:
+            for j, voter in enumerate(self.names):
+                v = self.nodes[voter]
+                if voter != name and v.alive and self.linked(name, voter) and not lost >> j & 1:
+                    v.memory, _ = release_promise(v.memory, PromiseRequest(name, term))
+            if self.reaches_etcd(n) and self.etcd.leader == name and self.etcd.term == term:
+                self.etcd.leader = None
+        n.alive = False
+        self.check()
+
     def restart(self, name: str) -> None:
         n = self.nodes[name]
         if n.alive:
@@ -377,7 +398,7 @@ KINDS = (
     + ["elect"] * 4  # member i runs an election; mask bit j: the vote request to member j is lost
     + ["send", "deliver"]  # promise requests that arrive later (or never)
     + ["etcd_link"] * 2  # member i's link to etcd up (mask even) or down
-    + ["etcd", "cut", "heal", "crash", "restart"]
+    + ["etcd", "cut", "heal", "crash", "restart", "shutdown"]
 )
 Event = tuple[str, int, int, float]
 
@@ -442,3 +463,5 @@ def apply(w: World, event: Event) -> None:
         w.crash(name)
     elif kind == "restart":
         w.restart(name)
+    elif kind == "shutdown":
+        w.shutdown(name, mask)

@@ -86,3 +86,18 @@ def test_validate_timing_directly() -> None:
     validate_timing(Timing())
     with pytest.raises(ConfigError):
         validate_timing(Timing(ttl=2, loop_wait=1, retry_timeout=1))
+
+
+def test_a_wildcard_listen_host_needs_the_host_others_connect_to(tmp_path: Path) -> None:
+    base = {
+        "name": "pg-0",
+        "cluster": "main",
+        "etcd_endpoints": ["http://127.0.0.1:2379"],
+        "api_listen": "0.0.0.0:8008",
+        "postgres": {"data_dir": str(tmp_path), "listen_host": "0.0.0.0"},
+    }
+    with pytest.raises(ConfigError, match=r"postgres\.connect_host: required when listen_host is '0\.0\.0\.0'"):
+        config_from_dict(base)
+    cfg = config_from_dict({**base, "postgres": {**base["postgres"], "connect_host": "pg-0.main.db.svc"}})  # type: ignore[dict-item]
+    assert cfg.postgres.advertised_host == "pg-0.main.db.svc"
+    assert config_from_dict({**base, "postgres": {"data_dir": str(tmp_path)}}).postgres.advertised_host == "127.0.0.1"

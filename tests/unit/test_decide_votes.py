@@ -34,6 +34,7 @@ from pgquorum.agent.model import (
     LeaderInfo,
     LeaderStatus,
     MemberInfo,
+    PeerStatus,
     PostgresState,
     Role,
     VoterEntry,
@@ -239,6 +240,26 @@ def test_a_split_election_is_closed_after_ttl_so_the_next_term_gets_fresh_votes(
     d = decide(replica_inputs(voting=voting(election=replace(split, started=NOW - T.ttl))))
     assert d.actions == (AdvanceTerm(3),) and d.again and d.role is Role.STANDBY
     assert "split" in d.reason and "term 5" in d.reason
+
+
+def test_a_candidate_that_voted_for_itself_and_sees_a_better_one_closes_the_term_at_once() -> None:
+    """Both replicas of a stopped leader voted for themselves at once: the worse one yields the term."""
+    a_ties = (PeerStatus("a", True, True, True, timeline=2, lsn=1000),)
+    keys = ((vote("b"), 41), (vote("a", candidate="a"), 42))
+    own = voting(election=Election(4, NOW - 0.01, keys, started=NOW - 0.05))
+    d = decide(replica_inputs(peers=a_ties, voting=own))
+    assert d.actions == (AdvanceTerm(3),) and d.again and d.role is Role.STANDBY, d.reason
+    assert "a is ahead or ties" in d.reason and "a is elected in term 5" in d.reason
+    # without our own vote for ourselves in that term, or in the next term, we only wait
+    for keys_ in (((vote("a", candidate="a"), 42),), ((vote("b", term=3), 41),)):
+        d = decide(replica_inputs(peers=a_ties, voting=voting(election=Election(4, NOW, keys_))))
+        assert d.actions == () and "letting it take the key" in d.reason, keys_
+    d = decide(replica_inputs(peers=a_ties, voting=voting()))
+    assert d.actions == ()
+    # the better candidate, short of our vote, asks again soon: the term may be closed for it
+    keys = ((vote("a", candidate="a"), 42), (vote("b", candidate="b"), 41))
+    d = decide(replica_inputs(me="a", voting=voting(election=Election(4, NOW, keys))))
+    assert d.actions == () and d.retry_in == ELECTION_RETRY, d.reason
 
 
 def test_refusals_alone_never_close_an_election() -> None:

@@ -23,6 +23,7 @@ from pgquorum.agent.quorum.failsafe import (
     may_keep_serving,
     observe_etcd,
     promise_blocks_vote,
+    release_promise,
     serving_deadline,
 )
 from pgquorum.agent.quorum.refusal import Refusal, RefusalCode
@@ -100,6 +101,39 @@ def test_promise_blocks_votes_for_others_for_ttl() -> None:
     assert promise_blocks_vote(memory, NOW + 2.9) is not None
     assert promise_blocks_vote(memory, NOW + 2.9, "a") is None, "the promised primary itself may be elected"
     assert promise_blocks_vote(memory, NOW + 3.0, "b") is None
+
+
+def test_a_release_by_the_stopped_primary_frees_the_vote_at_once() -> None:
+    memory, _ = grant_promise(SYNCED, ASK, NOW)
+    assert promise_blocks_vote(memory, NOW + 0.5, "b")
+    memory, dropped = release_promise(memory, ASK)
+    assert dropped and memory.promise is None
+    assert promise_blocks_vote(memory, NOW + 0.5, "b") is None
+
+
+def test_a_renewal_arriving_after_the_release_binds_nobody() -> None:
+    memory, _ = grant_promise(SYNCED, ASK, NOW)
+    memory, _ = release_promise(memory, ASK)
+    memory, answer = grant_promise(memory, ASK, NOW + 0.1)
+    refused(answer, RefusalCode.RELEASED, "a released c's promise for term 7")
+    assert memory.promise is None and promise_blocks_vote(memory, NOW + 0.2, "b") is None
+    # the same member elected again later, in a newer term, is promised as before
+    memory = observe_etcd(memory, 8)
+    memory, answer = grant_promise(memory, PromiseRequest("a", 8), NOW + 5)
+    assert isinstance(answer, Promise) and answer.term == 8
+
+
+def test_a_release_drops_only_that_primarys_promise_up_to_its_term() -> None:
+    memory, _ = grant_promise(SYNCED, ASK, NOW)
+    for other in (PromiseRequest("b", 7), PromiseRequest("a", 6)):
+        kept, dropped = release_promise(memory, other)
+        assert not dropped and kept.promise == memory.promise, other
+    # a release for a newer term than the promise's (the primary re-elected itself) drops it
+    kept, dropped = release_promise(memory, PromiseRequest("a", 9))
+    assert dropped and kept.promise is None and kept.released == PromiseRequest("a", 9)
+    # an older release does not undo a newer one
+    kept, _ = release_promise(kept, PromiseRequest("a", 8))
+    assert kept.released == PromiseRequest("a", 9)
 
 
 def test_a_restarted_voter_votes_for_nobody_for_ttl() -> None:
@@ -434,3 +468,38 @@ def test_etcd_down_for_everyone_then_back_the_primary_serves_throughout(mode: Mo
         assert [n.name for n in w.writers()] == ["a"], "serving on its term-1 promises meanwhile"
     a = w.nodes["a"]
     assert (w.etcd.leader, w.etcd.term, a.term_led, a.since_term, a.state) == ("a", 2, 2, 1, "primary")
+
+
+@pytest.mark.parametrize("mode", ["quorum", "failsafe"])
+def test_a_leader_stopped_gracefully_frees_its_voters_and_a_late_renewal_binds_nobody(mode: Mode) -> None:
+    """SIGTERM: a stops postgres, releases b's and c's promises and its key; c is elected at once,
+    though a renewal a sent before the stop is delivered afterwards."""
+    w = World.start(("a", "b", "c"), (), mode=mode)
+    w.run(3 * TIMING.ttl)
+    assert [n.name for n in w.writers()] == ["a"]
+    renew(w, "a", {"b", "c"})
+    w.send_promises("a")  # in flight while a stops
+    w.shutdown("a")
+    assert not w.writers() and w.etcd.leader is None
+    while w.inflight:
+        w.deliver(0)  # the late renewals: refused as released
+    assert all(n.memory.promise is None for n in w.nodes.values() if n.name != "a")
+    tick(w, 0.01)  # b and c read etcd: no leader key
+    assert w.elect("c"), "the promises to the stopped leader still bind its voters"
+    tick(w)
+    renew(w, "c", {"b"})
+    assert [n.name for n in w.writers()] == ["c"]
+
+
+def test_without_the_release_the_successor_waits_out_the_promises() -> None:
+    """The same stop with every release lost: c is elected only once the promises have ended."""
+    w = World.start(("a", "b", "c"), (), mode="quorum")
+    w.run(3 * TIMING.ttl)
+    renew(w, "a", {"b", "c"})
+    stopped = w.now
+    w.shutdown("a", lost=0b111)
+    tick(w, 0.01)
+    assert not w.elect("c")
+    while not w.elect("c"):
+        tick(w, 0.1)
+    assert w.now - stopped >= TIMING.ttl - 0.5

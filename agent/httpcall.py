@@ -82,7 +82,7 @@ def request(
         finally:
             conn.close()
 
-    worker = threading.Thread(target=work, name=f"stonith-http-{host}", daemon=True)
+    worker = threading.Thread(target=work, name=f"http-{host}", daemon=True)
     worker.start()
     worker.join(timeout)
     if worker.is_alive():
