@@ -19,8 +19,15 @@ from pgquorum.agent.dcs.base import DCSError
 from pgquorum.agent.dcs.etcd import EtcdDCS
 from pgquorum.agent.kubeapi import KubeApi, KubeApiError
 from pgquorum.ctl.client import ApiClient, Auth, CtlError
-from pgquorum.operator.observed import CLUSTER_LABEL, SPEC_HASH_ANNOTATION, Observed, PodView, PvcView
-from pgquorum.operator.reconcile import Manifest, Step, StepKind
+from pgquorum.operator.observed import (
+    CLUSTER_LABEL,
+    NAMESPACE_LABEL,
+    SPEC_HASH_ANNOTATION,
+    Observed,
+    PodView,
+    PvcView,
+)
+from pgquorum.operator.reconcile import CLUSTER_SCOPED, Manifest, Step, StepKind
 
 log = logging.getLogger("pgquorum.operator")
 
@@ -40,8 +47,18 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
+    "ClusterRoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "clusterrolebindings"),  # cluster-scoped
 }
-KEPT = ("PersistentVolumeClaim", "Service", "ConfigMap", "ServiceAccount", "Role", "RoleBinding", "PodDisruptionBudget")
+KEPT = (
+    "PersistentVolumeClaim",
+    "Service",
+    "ConfigMap",
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+    "PodDisruptionBudget",
+    "ClusterRoleBinding",
+)
 
 
 class ExecutorError(Exception):
@@ -65,7 +82,10 @@ class ClusterIO:
 
     def _path(self, kind: str, name: str | None = None) -> str:
         prefix, plural = RESOURCES[kind]
-        path = f"{prefix}/namespaces/{quote(self.namespace, safe='')}/{plural}"
+        if kind in CLUSTER_SCOPED:
+            path = f"{prefix}/{plural}"
+        else:
+            path = f"{prefix}/namespaces/{quote(self.namespace, safe='')}/{plural}"
         return path if name is None else f"{path}/{quote(name, safe='')}"
 
     def _call(
@@ -77,7 +97,10 @@ class ClusterIO:
             raise ExecutorError(str(exc)) from None
 
     def _list(self, kind: str) -> list[dict[str, Any]]:
-        query = urlencode({"labelSelector": f"{CLUSTER_LABEL}={self.name}"})
+        selector = f"{CLUSTER_LABEL}={self.name}"
+        if kind in CLUSTER_SCOPED:  # across namespaces: this cluster's namespace too
+            selector += f",{NAMESPACE_LABEL}={self.namespace}"
+        query = urlencode({"labelSelector": selector})
         status, body = self._call("GET", f"{self._path(kind)}?{query}")
         if status != 200:
             raise ExecutorError(f"list {kind}: {status} {body.get('message', '')}")
@@ -145,20 +168,37 @@ class ClusterIO:
             "stringData": values,
         }
         self.apply(Manifest("Secret", name, body, ""))
-        log.info("generated secrets", extra={"event": "secrets_created", "cluster": self.name, "secret": name})
+        log.info(
+            "generated secrets",
+            extra={"event": "secrets_created", "namespace": self.namespace, "cluster": self.name, "secret": name},
+        )
         return values
 
     def delete(self, kind: str, name: str, grace: int | None = None) -> None:
         path = self._path(kind, name)
         if grace is not None:
             path += f"?gracePeriodSeconds={grace}"
-        self._call("DELETE", path)
+        status, body = self._call("DELETE", path)
+        if status >= 300 and status != 404:  # 404: gone already
+            raise ExecutorError(f"delete {kind} {name}: {status} {body.get('message', '')}")
+
+    def delete_cluster_objects(self) -> None:
+        """What no garbage collection takes: the cluster-scoped objects made for this cluster."""
+        for kind in sorted(CLUSTER_SCOPED):
+            for obj in self._list(kind):
+                self.delete(kind, str(obj["metadata"]["name"]))
 
     def execute(self, steps: Sequence[Step], etcd: EtcdTarget, api_urls: Mapping[str, str], api_token: str) -> None:
         for step in steps:
             log.info(
                 "reconcile step",
-                extra={"event": step.kind.value, "cluster": self.name, "object": step.name, "reason": step.reason},
+                extra={
+                    "event": step.kind.value,
+                    "namespace": self.namespace,
+                    "cluster": self.name,
+                    "object": step.name,
+                    "reason": step.reason,
+                },
             )
             if step.kind is StepKind.APPLY:
                 assert step.manifest is not None
@@ -167,6 +207,8 @@ class ClusterIO:
                 self.delete("Pod", step.name)
             elif step.kind is StepKind.DELETE_PVC:
                 self.delete("PersistentVolumeClaim", step.name)
+            elif step.kind is StepKind.DELETE_CLUSTER_OBJECT:
+                self.delete("ClusterRoleBinding", step.name)
             elif step.kind is StepKind.RETIRE_VOTER:
                 dcs = self._dcs(etcd)
                 try:

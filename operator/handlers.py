@@ -9,9 +9,11 @@ killed primary is still replaced; only membership, status and recreating lost po
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -141,9 +143,21 @@ def status_patch(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> 
 def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
     group, version, plural = crd.GROUP, crd.VERSION, crd.PLURAL
 
+    # kopf runs a timer beside the change handlers of the same object: one pass per cluster at a
+    # time, or two passes planning from the same observation could each take a disruptive step
+    passes: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
+
     def handle(
         body: kopf.Body, patch: kopf.Patch, logger: logging.Logger | kopf.Logger, old: Mapping[str, Any] | None = None
     ) -> None:
+        with passes[str(body["metadata"]["uid"])]:
+            one_pass(body, patch, old)
+
+    def one_pass(body: kopf.Body, patch: kopf.Patch, old: Mapping[str, Any] | None) -> None:
+        if body["metadata"].get("deletionTimestamp"):
+            # going away (its namespace may be terminating): recreating what garbage collection
+            # just removed would fight the deletion; the delete handler has the last word
+            return
         previous = dict(body.get("status") or {})
         try:
             if old is not None:
@@ -171,6 +185,17 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
         body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, old: Mapping[str, Any] | None = None, **_: Any
     ) -> None:
         handle(body, patch, logger, old)
+
+    @kopf.on.delete(group, version, plural, registry=registry)
+    def on_delete(body: kopf.Body, **_: Any) -> None:
+        # the namespaced objects go by garbage collection (ownerReferences); a cluster-scoped one
+        # cannot be owned by a namespaced resource, so it is deleted here (the timer below makes
+        # kopf keep its finalizer on the resource anyway: this runs before the resource goes)
+        meta = body["metadata"]
+        try:
+            ClusterIO(rt.api, meta["namespace"], meta["name"]).delete_cluster_objects()
+        except (ExecutorError, KubeApiError) as exc:
+            raise kopf.TemporaryError(str(exc), delay=RECONCILE_SECONDS) from None
 
     @kopf.timer(group, version, plural, interval=RECONCILE_SECONDS, sharp=False, registry=registry)
     def on_timer(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:

@@ -9,6 +9,9 @@ their owner, by garbage collection), reads and writes the cluster's Secret by na
 secrets); RBAC lets a Role grant only what its creator holds, hence pods get/patch/delete (the
 agents' Role). kopf posts core events, watches CRDs (and namespaces, with --namespace patterns) to
 find what it serves, and patches its peering object (created by the installer, not by kopf).
+With ``taintNode`` a cluster's agents need nodes get/patch: the install ships that as the ClusterRole
+``pgquorum-node-fencer``, and the operator binds it per cluster (``bind`` on that one ClusterRole
+only, so it cannot bind anything else cluster-wide; the ClusterRoleBinding list is filtered by label).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from pgquorum.operator.crd import GROUP, PLURAL
+from pgquorum.operator.manifests import NODE_FENCER
 
 NAME = "pgquorum-operator"
 PEERING = "pgquorum"
@@ -32,6 +36,18 @@ def cluster_role_rules() -> list[dict[str, Any]]:
         {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
         {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": applied},
         {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": applied},
+        # taintNode: one ClusterRoleBinding per cluster, of the node-fencer ClusterRole alone
+        {
+            "apiGroups": ["rbac.authorization.k8s.io"],
+            "resources": ["clusterrolebindings"],
+            "verbs": [*applied, "delete"],
+        },
+        {
+            "apiGroups": ["rbac.authorization.k8s.io"],
+            "resources": ["clusterroles"],
+            "verbs": ["bind"],
+            "resourceNames": [NODE_FENCER],
+        },
         {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
         {
@@ -56,6 +72,13 @@ def operator_objects(
             "kind": "ClusterRole",
             "metadata": {"name": NAME},
             "rules": cluster_role_rules(),
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": NODE_FENCER},
+            # the agents' STONITH hook with taintNode: read the old leader's node, add the taint
+            "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}],
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",

@@ -7,6 +7,11 @@ Names (cluster ``main``): pods ``main-0``.., witnesses ``main-w0``.., PVCs ``<po
 ``pgquorum.io/role=primary`` by its own agent), ``main-ro`` (replicas), ``main-r`` (any data member);
 ConfigMap ``main-config`` (one agent config per member), Secret ``main-secrets``; ServiceAccount,
 Role and RoleBinding ``main-agent``; PodDisruptionBudget ``main`` (a majority of voters stays up).
+With ``taintNode`` the agents also need nodes (cluster-scoped, so no Role can grant it): a
+ClusterRoleBinding ``pgquorum-node-fencer-<namespace>-main`` of the shipped ClusterRole
+``pgquorum-node-fencer`` (nodes get, patch). A cluster-scoped object cannot be owned by a
+namespaced one, so no garbage collection takes it: the operator deletes it when taintNode goes
+off and when the cluster is deleted.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from pgquorum.operator.observed import (
     CLUSTER_LABEL,
     KIND_LABEL,
     MEMBER_LABEL,
+    NAMESPACE_LABEL,
     ROLE_LABEL,
     SPEC_HASH_ANNOTATION,
     MemberKind,
@@ -53,6 +59,7 @@ ETCD_PREFIX = "pgquorum"
 UID = 999  # the image's postgres user
 PG_BIN = "/usr/lib/postgresql/15/bin"
 CONFIG_HASH_ANNOTATION = "pgquorum.io/config-hash"
+NODE_FENCER = "pgquorum-node-fencer"  # the ClusterRole the operator's install ships: nodes get, patch
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,10 @@ class Identity:
     @property
     def agent_account(self) -> str:
         return f"{self.name}-agent"
+
+    @property
+    def node_fencer_binding(self) -> str:
+        return f"{NODE_FENCER}-{self.namespace}-{self.name}"
 
     def dns(self, pod: str) -> str:
         return f"{pod}.{self.headless}.{self.namespace}.svc"
@@ -281,7 +292,25 @@ def shared_objects(
             }
         ),
     ]
+    if spec.stonith.taint_node:
+        out.append(node_fencer_binding(ident))
     return out
+
+
+def node_fencer_binding(ident: Identity) -> Manifest:
+    """The agents' grant to taint the old leader's node (see the module docstring)."""
+    return _manifest(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {
+                "name": ident.node_fencer_binding,
+                "labels": ident.labels(**{NAMESPACE_LABEL: ident.namespace}),
+            },
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NODE_FENCER},
+            "subjects": [{"kind": "ServiceAccount", "name": ident.agent_account, "namespace": ident.namespace}],
+        }
+    )
 
 
 def _affinity(spec: ClusterSpec, ident: Identity) -> dict[str, Any]:

@@ -16,6 +16,8 @@ CLUSTER_LABEL = "pgquorum.io/cluster"
 MEMBER_LABEL = "pgquorum.io/member"
 KIND_LABEL = "pgquorum.io/kind"  # data | witness
 ROLE_LABEL = "pgquorum.io/role"  # set by the agent on its own pod (agent/podrole.py)
+# on cluster-scoped objects made for a cluster (its node-fencer binding): the cluster's namespace
+NAMESPACE_LABEL = "pgquorum.io/namespace"
 SPEC_HASH_ANNOTATION = "pgquorum.io/spec-hash"  # of what the pod was made from: a changed one is rolled
 
 

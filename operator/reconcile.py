@@ -59,6 +59,7 @@ class StepKind(StrEnum):
     DELETE_PVC = "delete-pvc"
     RETIRE_VOTER = "retire-voter"
     SWITCHOVER = "switchover"
+    DELETE_CLUSTER_OBJECT = "delete-cluster-object"  # cluster-scoped: no garbage collection takes it
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,10 @@ def plan(target: Target, observed: Observed, existing: Mapping[tuple[str, str], 
             steps.append(Step(StepKind.APPLY, m.name, f"{m.kind} {m.name} missing", manifest=m))
         elif have != m.hash:
             steps.append(Step(StepKind.APPLY, m.name, f"{m.kind} {m.name} changed", manifest=m))
+    kept = {(m.kind, m.name) for m in target.shared}
+    for kind, name in sorted(existing):
+        if kind in CLUSTER_SCOPED and (kind, name) not in kept:
+            steps.append(Step(StepKind.DELETE_CLUSTER_OBJECT, name, f"{kind} {name} no longer wanted"))
     wanted = {t.name: t for t in target.members}
     data_wanted = [t for t in target.members if t.kind is MemberKind.DATA]
     if len(data_wanted) < target.min_data_members:
@@ -119,6 +124,7 @@ def plan(target: Target, observed: Observed, existing: Mapping[tuple[str, str], 
 
 
 _MISSING = "\0missing"
+CLUSTER_SCOPED = frozenset({"ClusterRoleBinding"})  # made for a cluster, deleted by the operator
 
 
 def _next_disruption(

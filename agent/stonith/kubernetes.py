@@ -10,8 +10,13 @@ Steps, all within the hook's timeout:
 2. ``DELETE /api/v1/namespaces/<ns>/pods/<pod>?gracePeriodSeconds=0`` (body: ``DeleteOptions``
    with ``gracePeriodSeconds: 0``). 200/202 = deleted; **404 = already gone, counts as fenced** —
    only a Kubernetes ``Status`` saying NotFound for this pod, not any 404 (a wrong ``api_url``);
-3. ``taint_node`` only: add ``node.kubernetes.io/out-of-service=nodeshutdown:NoExecute`` to the
-   node with a merge patch guarded by the node's ``resourceVersion`` (retried on 409 conflict).
+3. ``taint_node`` only, and only if the node is not Ready (its ``Ready`` condition is ``False``
+   or ``Unknown``: Kubernetes already sees it down): add
+   ``node.kubernetes.io/out-of-service=nodeshutdown:NoExecute`` with a merge patch guarded by the
+   node's ``resourceVersion`` (retried on 409 conflict). A Ready node is never tainted: the taint
+   evicts every pod on it without a toleration, and a killed pod on a healthy node is fenced
+   by the delete alone. (A node cut off a moment ago still counts as Ready until the node
+   controller's grace period passes, so a fast failover usually finds it Ready.)
 
 What this does and does not guarantee: a grace-0 delete removes the pod *object* at once; a kubelet
 that still reaches the apiserver then kills the containers, but one cut off from it does not. The
@@ -99,12 +104,20 @@ def _pod_gone(status: int, obj: dict[str, Any], pod: str, path: str) -> bool:
     )
 
 
+def node_ready(node: Mapping[str, Any]) -> bool:
+    """The node's kubelet reports it Ready (condition ``Ready`` is ``True``)."""
+    conditions = (node.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
 def _taint(api: _Api, node: str) -> str:
     path = f"/api/v1/nodes/{quote(node, safe='')}"
     for _ in range(CONFLICT_RETRIES):
         status, obj = api.call("GET", path)
         if status == 404:
             return f"node {node} not found, not tainted"
+        if node_ready(obj):
+            return f"node {node} is Ready: not tainted (the taint is only for a node Kubernetes sees down)"
         taints = list((obj.get("spec") or {}).get("taints") or [])
         if any(t.get("key") == TAINT_KEY and t.get("effect") == TAINT_EFFECT for t in taints):
             return f"node {node} already tainted {TAINT_KEY}"

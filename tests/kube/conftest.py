@@ -6,6 +6,7 @@ takes it down after. Each test works in its own namespace. Missing host requirem
 
 from __future__ import annotations
 
+import json
 import sys
 import uuid
 from collections.abc import Iterator
@@ -57,6 +58,49 @@ def ns(kube: LocalKube) -> Iterator[str]:
 
 
 OPERATOR_NAMESPACE = "pgquorum-system"
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    report = yield
+    if report.when == "call":
+        item.stash[_FAILED] = report.failed
+    return report
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.fixture(autouse=True)
+def explain_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a failed kube test: what every PostgresCluster says it waits for, its pods, recent
+    events and the operator's last log lines — a failure in CI has to explain itself."""
+    yield
+    if not request.node.stash.get(_FAILED, False) or "kube" not in request.fixturenames:
+        return
+    k = request.getfixturevalue("kube").kubectl
+
+    def show(argv: list[str], lines: int = 60) -> None:
+        out = k.run(argv, check=False, timeout=30)
+        print(f"\n--- kubectl {' '.join(argv)} ---")
+        print("\n".join((out.stdout + out.stderr).splitlines()[-lines:]))
+
+    clusters = k.run(["get", "postgresclusters", "-A", "-o", "json"], check=False, timeout=30)
+    for pgc in json.loads(clusters.stdout or '{"items": []}')["items"]:
+        st = pgc.get("status", {})
+        print(
+            f"\n--- {pgc['metadata']['namespace']}/{pgc['metadata']['name']}: phase {st.get('phase')}, "
+            f"leader {st.get('leader')}, term {st.get('term')}"
+        )
+        for c in st.get("conditions", []):
+            print(f"  {c['type']}={c['status']} {c.get('reason')}: {c.get('message')}")
+        for m in st.get("members", []):
+            print(f"  member {m}")
+        for pod in k.run(["-n", pgc["metadata"]["namespace"], "get", "pods", "-o", "name"], check=False).stdout.split():
+            show(["-n", pgc["metadata"]["namespace"], "logs", pod, "--all-containers", "--tail=15"], 15)
+    show(["get", "pods", "-A", "-o", "wide"])
+    show(["get", "events", "-A", "--sort-by=.lastTimestamp"], 40)
+    show(["-n", OPERATOR_NAMESPACE, "logs", "-l", f"app.kubernetes.io/name={OPERATOR}", "--prefix", "--tail=60"], 80)
 
 
 @pytest.fixture(scope="session")

@@ -56,14 +56,16 @@ def db(kube: LocalKube, operator: str) -> Iterator[str]:
 
 
 def healthy(k: Kubectl, ns: str, timeout: float = 240) -> dict[str, Any]:
-    """Healthy, both data members ready, and -rw on the leader."""
+    """Healthy, both data members ready, the one that does not lead a replica again (a deposed
+    leader is ready before its agent reports it streaming), and -rw on the leader."""
 
     def check() -> dict[str, Any] | None:
         st = status(k, ns)
         ok = st.get("phase") == "Healthy" and st.get("readyInstances") == 2
-        return st if ok and ready_endpoints(k, ns) == [st.get("leader")] else None
+        roles = sorted(m["role"] for m in st.get("members", []) if m["name"] in ("db-0", "db-1"))
+        return st if ok and roles == ["leader", "replica"] and ready_endpoints(k, ns) == [st.get("leader")] else None
 
-    got: dict[str, Any] = wait_for("Healthy with 2 ready and -rw on the leader", check, timeout=timeout)
+    got: dict[str, Any] = wait_for("Healthy: a leader, a replica, -rw on the leader", check, timeout=timeout)
     return got
 
 

@@ -110,6 +110,12 @@ OPERATOR_CALLS: list[Call] = [
     ("get", "secrets", NS, "db-secrets"),
     ("delete", "pods", NS, "db-2"),
     ("delete", "persistentvolumeclaims", NS, "db-2-data"),
+    # taintNode: the cluster's node-fencer ClusterRoleBinding, listed by label, applied, deleted
+    ("list", "clusterrolebindings.rbac.authorization.k8s.io", CLUSTER),
+    ("create", "clusterrolebindings.rbac.authorization.k8s.io", CLUSTER),
+    ("patch", "clusterrolebindings.rbac.authorization.k8s.io", CLUSTER, "pgquorum-node-fencer-ns-db"),
+    ("delete", "clusterrolebindings.rbac.authorization.k8s.io", CLUSTER, "pgquorum-node-fencer-ns-db"),
+    ("bind", "clusterroles.rbac.authorization.k8s.io", CLUSTER, "pgquorum-node-fencer"),
 ]
 
 OPERATOR_DENIED: list[Call] = [
@@ -132,14 +138,16 @@ OPERATOR_DENIED: list[Call] = [
     ("get", "nodes/proxy", CLUSTER, "node1"),
     ("create", "persistentvolumes", CLUSTER),
     ("delete", "persistentvolumes", CLUSTER),
-    # no privilege beyond its own: RBAC's escalation check holds (no escalate, bind, impersonate),
-    # no cluster-wide RBAC objects, no tokens minted for the accounts it makes
+    # no privilege beyond its own: RBAC's escalation check holds (no escalate, impersonate, and bind
+    # of the node-fencer ClusterRole alone), no ClusterRoles, no tokens minted for its accounts
     ("escalate", "roles.rbac.authorization.k8s.io", NS),
     ("bind", "roles.rbac.authorization.k8s.io", NS),
     ("escalate", "clusterroles.rbac.authorization.k8s.io", CLUSTER),
     ("bind", "clusterroles.rbac.authorization.k8s.io", CLUSTER, "cluster-admin"),
+    ("bind", "clusterroles.rbac.authorization.k8s.io", CLUSTER, "admin"),
+    ("bind", "clusterroles.rbac.authorization.k8s.io", CLUSTER),
     ("create", "clusterroles.rbac.authorization.k8s.io", CLUSTER),
-    ("create", "clusterrolebindings.rbac.authorization.k8s.io", CLUSTER),
+    ("patch", "clusterroles.rbac.authorization.k8s.io", CLUSTER, "pgquorum-node-fencer"),
     ("impersonate", "users", CLUSTER),
     ("impersonate", "groups", CLUSTER),
     ("impersonate", "serviceaccounts", NS),
@@ -320,8 +328,11 @@ def rendered(ns: str, name: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+AGENT_RBAC_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ClusterRoleBinding")
+
+
 def agent_rbac(ns: str, name: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
-    return [o for o in rendered(ns, name, spec) if o["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
+    return [o for o in rendered(ns, name, spec) if o["kind"] in AGENT_RBAC_KINDS]
 
 
 # -- fixtures ---------------------------------------------------------------------------------
@@ -334,11 +345,16 @@ def rbac_ns(kube: LocalKube) -> Iterator[str]:
     k = kube.kubectl
     ns = f"rbac-{uuid.uuid4().hex[:6]}"
     k.run(["create", "namespace", ns])
+    cluster_scoped = []
     for name, spec in FAKE_CLUSTERS.items():
         for obj in agent_rbac(ns, name, spec):
             apply(k, ns, obj)
+            if "namespace" not in obj["metadata"]:
+                cluster_scoped.append(f"{obj['kind'].lower()}/{obj['metadata']['name']}")
     yield ns
     k.run(["delete", "namespace", ns, "--wait=false"], check=False)
+    if cluster_scoped:  # what the operator's delete handler does for a real cluster
+        k.run(["delete", "--ignore-not-found", *cluster_scoped], check=False)
 
 
 @pytest.fixture(scope="module")
@@ -420,12 +436,6 @@ def test_without_delete_pod_the_agents_fence_nobody(kube: LocalKube, rbac_ns: st
     assert_denied(kube.kubectl, user, NO_DELETE_DENIED, rbac_ns)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: nodes are cluster-scoped and the operator renders only a namespaced Role for "
-    "the agents, so with taintNode: true the STONITH hook deletes the pod, then gets 403 on the node "
-    "(BEST_EFFORT: the failover goes on, the taint never happens)",
-)
 def test_taint_node_lets_the_agents_taint_nodes(kube: LocalKube, rbac_ns: str) -> None:
     assert_allowed(kube.kubectl, account(rbac_ns, "taint-agent"), TAINT_CALLS, rbac_ns)
 
@@ -664,7 +674,12 @@ def test_the_live_operator_makes_a_cluster_with_these_rules(kube: LocalKube, ope
             "apiVersion": "pgquorum.io/v1alpha1",
             "kind": "PostgresCluster",
             "metadata": {"name": "db"},
-            "spec": {"instances": 1, "etcd": {"endpoints": [endpoint]}, "parameters": {"shared_buffers": "16MB"}},
+            "spec": {
+                "instances": 1,
+                "etcd": {"endpoints": [endpoint]},
+                "parameters": {"shared_buffers": "16MB"},
+                "stonith": {"kubernetes": {"deletePod": True, "taintNode": True}},  # the node-fencer binding too
+            },
         }
         k.run(["-n", ns, "apply", "-f", "-"], stdin=json.dumps(body))
         try:
@@ -678,8 +693,21 @@ def test_the_live_operator_makes_a_cluster_with_these_rules(kube: LocalKube, ope
         assert_confined(k, ns, k.json(["-n", ns, "get", "pod", "db-0"]), "agent")
         agent_logs = k.run(["-n", ns, "logs", "db-0"]).stdout
         assert "pod_role_failed" not in agent_logs and " 403" not in agent_logs
+        # taintNode: the agents' account bound to the node-fencer ClusterRole (cluster-scoped, past
+        # the escalation check by the operator's bind on that one ClusterRole) ...
+        binding = k.json(["get", "clusterrolebinding", f"pgquorum-node-fencer-{ns}-db"])
+        assert binding["roleRef"]["name"] == "pgquorum-node-fencer"
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "db-agent", "namespace": ns}]
+        assert_allowed(
+            k, account(ns, "db-agent"), [("get", "nodes", CLUSTER, "node1"), ("patch", "nodes", CLUSTER, "node1")], ns
+        )
+        # ... and, owned by nobody, deleted by the operator's delete handler with the cluster
+        k.run(["-n", ns, "delete", "pgq", "db", "--wait=true", "--timeout=60s"], timeout=70)
+        left = k.json(["get", "clusterrolebindings", "-l", f"pgquorum.io/cluster=db,pgquorum.io/namespace={ns}"])
+        assert not left["items"], [b["metadata"]["name"] for b in left["items"]]
     finally:
         k.run(["delete", "namespace", ns, "--wait=false"], check=False)
     logs = k.run(["-n", operator, "logs", "-l", f"app.kubernetes.io/name={OPERATOR}", "--tail=-1", "--prefix"]).stdout
-    refused = [line for line in logs.splitlines() if "forbidden" in line.lower() or " 403" in line]
+    # this cluster's lines (other tests' namespaces may be going away meanwhile)
+    refused = [line for line in logs.splitlines() if ns in line and ("forbidden" in line.lower() or " 403" in line)]
     assert not refused, refused[:10]

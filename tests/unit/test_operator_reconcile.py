@@ -219,3 +219,22 @@ def test_a_rolling_update_waits_for_a_recreated_member_to_join_the_quorum_before
     assert "pg-1 to join the synchronous quorum before taking pg-2 down" in p.waiting
     joined = Observed(pods=pods, etcd=replace(obs.etcd, sync=SyncRecord("pg-0", 1, tuple(names))))
     assert kinds(plan(new, joined, existing_for(names))) == [(StepKind.DELETE_POD, "pg-2")]
+
+
+def test_a_cluster_scoped_object_no_longer_wanted_is_deleted_and_a_wanted_one_kept() -> None:
+    # taintNode turned off: the node-fencer binding is not in the target; GC would never take it
+    observed = Observed(
+        pods=(pod("pg-0", role="primary"),), pvcs=(), etcd=etcd("pg-0", {"pg-0": Role.LEADER}, ["pg-0"])
+    )
+    existing = {
+        ("Service", "pg-rw"): "h1",
+        ("PersistentVolumeClaim", "pg-0-data"): "h1",
+        ("ClusterRoleBinding", "pgquorum-node-fencer-ns-pg"): "h1",
+    }
+    got = plan(target("pg-0"), observed, existing)
+    assert [(s.kind, s.name) for s in got.steps] == [(StepKind.DELETE_CLUSTER_OBJECT, "pgquorum-node-fencer-ns-pg")]
+    wanted = replace(
+        target("pg-0"),
+        shared=(manifest("Service", "pg-rw"), manifest("ClusterRoleBinding", "pgquorum-node-fencer-ns-pg")),
+    )
+    assert plan(wanted, observed, existing).steps == ()

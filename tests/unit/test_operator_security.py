@@ -14,6 +14,7 @@ import pytest
 
 from pgquorum.operator import manifests
 from pgquorum.operator.install import cluster_role_rules, operator_objects
+from pgquorum.operator.manifests import NODE_FENCER
 from pgquorum.operator.observed import MemberKind
 from pgquorum.operator.spec import MAX_INSTANCES, MAX_WITNESSES, parse_spec
 
@@ -144,7 +145,8 @@ def granted(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
 
 
 def test_the_operators_cluster_role_has_no_wildcards_and_no_dangerous_grants() -> None:
-    rules = cluster_role_rules()
+    # the one named grant: bind of the node-fencer ClusterRole (its own test below); the rest unnamed
+    rules = [r for r in cluster_role_rules() if r.get("resourceNames") != [NODE_FENCER]]
     grants = granted(rules)
     assert not [g for g in grants if "*" in g]
     assert not any("resourceNames" in r or "nonResourceURLs" in r for r in rules)
@@ -152,15 +154,49 @@ def test_the_operators_cluster_role_has_no_wildcards_and_no_dangerous_grants() -
     assert not verbs & {"escalate", "bind", "impersonate", "deletecollection", "update", "approve", "sign"}
     resources = {r for _, r, _ in grants}
     assert not {r for r in resources if "/" in r} - {"postgresclusters/status"}  # no exec, attach, token, ...
-    assert not resources & {"nodes", "clusterroles", "clusterrolebindings", "persistentvolumes"}
+    assert not resources & {"nodes", "clusterroles", "persistentvolumes"}
     # the Secret is read by name and applied: never listed or watched (which would read them all)
     assert {v for g, r, v in grants if r == "secrets"} == {"get", "create", "patch"}
     # CRDs and namespaces are only watched; nothing but pods and PVCs is ever deleted
     assert {v for g, r, v in grants if r in ("customresourcedefinitions", "namespaces")} == {"list", "watch"}
-    assert {r for g, r, v in grants if v == "delete"} == {"pods", "persistentvolumeclaims"}
+    # nothing but pods, PVCs and the node-fencer bindings it made is ever deleted
+    assert {r for g, r, v in grants if v == "delete"} == {"pods", "persistentvolumeclaims", "clusterrolebindings"}
 
 
 def test_the_operator_holds_what_it_grants_the_agents() -> None:
     """RBAC refuses a Role granting more than its creator holds (the escalation check)."""
     have = granted(cluster_role_rules())
     assert granted(agent_role()["rules"]) <= have
+
+
+def test_only_with_taint_node_are_the_agents_bound_to_the_node_fencer() -> None:
+    def bindings(extra: dict[str, Any]) -> list[dict[str, Any]]:
+        cs = parse_spec({**SPEC, **extra}, "db")
+        return [dict(m.body) for m in manifests.target(cs, IDENT).shared if m.kind == "ClusterRoleBinding"]
+
+    assert bindings({}) == []
+    (binding,) = bindings({"stonith": {"kubernetes": {"deletePod": True, "taintNode": True}}})
+    # cluster-scoped: named after namespace and cluster, found by labels, owned by nobody (no GC)
+    assert binding["metadata"]["name"] == "pgquorum-node-fencer-db-ns-db"
+    assert "namespace" not in binding["metadata"] and "ownerReferences" not in binding["metadata"]
+    labels = binding["metadata"]["labels"]
+    assert labels["pgquorum.io/cluster"] == "db" and labels["pgquorum.io/namespace"] == "db-ns"
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NODE_FENCER}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "db-agent", "namespace": "db-ns"}]
+
+
+def test_the_node_fencer_grants_nodes_get_and_patch_and_the_operator_may_bind_only_it() -> None:
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in operator_objects("pgquorum-system", "img")}
+    assert objects[("ClusterRole", NODE_FENCER)]["rules"] == [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}
+    ]
+    bind = [r for r in cluster_role_rules() if "bind" in r["verbs"]]
+    assert bind == [
+        {
+            "apiGroups": ["rbac.authorization.k8s.io"],
+            "resources": ["clusterroles"],
+            "verbs": ["bind"],
+            "resourceNames": [NODE_FENCER],
+        }
+    ]
+    assert not any("nodes" in r["resources"] for r in cluster_role_rules())  # it never touches nodes itself

@@ -90,6 +90,8 @@ def api() -> Apiserver:
             "node-a": {
                 "metadata": {"name": "node-a", "resourceVersion": "100"},
                 "spec": {"taints": [{"key": "dedicated", "value": "pg", "effect": "NoSchedule"}]},
+                # its kubelet stopped reporting: the node controller set Ready to Unknown
+                "status": {"conditions": [{"type": "Ready", "status": "Unknown"}]},
             }
         },
     )
@@ -244,3 +246,14 @@ def test_the_request_body_is_valid_delete_options(server: RecordingServer, token
         "gracePeriodSeconds": 0,
         "propagationPolicy": "Background",
     }
+
+
+def test_a_ready_node_is_never_tainted(server: RecordingServer, api: Apiserver, token: Path) -> None:
+    # a killed pod on a healthy node: the taint would evict every other pod there
+    api.nodes["node-a"]["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+    result = fence(server, token, taint_node=True)
+    assert result.outcome is Outcome.OK, result.message
+    assert "pod db/pg-0 deleted with grace 0" in result.message
+    assert "node node-a is Ready: not tainted" in result.message
+    assert [s.method for s in server.seen] == ["GET", "DELETE", "GET"]
+    assert OUT_OF_SERVICE not in api.nodes["node-a"]["spec"]["taints"]
