@@ -77,7 +77,7 @@ def reconcile_cluster(
     etcd = EtcdTarget(ident.etcd_endpoints, manifests.ETCD_PREFIX, ident.agents_cluster)
     observed, existing = io.observe(etcd)
     target = manifests.target(cs, ident, tuple(p.name for p in observed.pods))
-    steps = plan(target, observed, existing)
+    steps = plan(target, observed, existing, now)
     disruptive = next((s.reason for s in steps.steps if s.kind is not StepKind.APPLY), None)
     asked = switchover.progress(
         cs.switchover, (previous or {}).get("switchover"), observed, now, steps.refused or steps.waiting or disruptive

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -79,8 +80,17 @@ class Plan:
     events: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # (reason, message)
 
 
-def plan(target: Target, observed: Observed, existing: Mapping[tuple[str, str], str | None]) -> Plan:
-    """``existing``: (kind, name) -> spec-hash annotation of the shared objects and PVCs that exist."""
+SETTLE_SECONDS = 20.0
+
+
+def plan(
+    target: Target,
+    observed: Observed,
+    existing: Mapping[tuple[str, str], str | None],
+    now: datetime | None = None,
+) -> Plan:
+    """``existing``: (kind, name) -> spec-hash annotation of the shared objects and PVCs that exist;
+    ``now``: the operator's clock, for the settle rule (None: pods count as settled)."""
     steps: list[Step] = []
     for m in target.shared:
         have = existing.get((m.kind, m.name), _MISSING)
@@ -116,7 +126,7 @@ def plan(target: Target, observed: Observed, existing: Mapping[tuple[str, str], 
             steps.append(Step(StepKind.APPLY, t.name, f"member {t.name} has no pod", manifest=t.pod))
         elif pod.failed and not pod.deleting:
             steps.append(Step(StepKind.DELETE_POD, t.name, f"pod {t.name} is {pod.phase}: recreate it"))
-    disruptive = _next_disruption(target, observed, wanted, existing)
+    disruptive = _next_disruption(target, observed, wanted, existing, now)
     if isinstance(disruptive, Step):
         steps.append(disruptive)
         return Plan(tuple(steps))
@@ -132,6 +142,7 @@ def _next_disruption(
     observed: Observed,
     wanted: Mapping[str, MemberTarget],
     existing: Mapping[tuple[str, str], str | None],
+    now: datetime | None,
 ) -> Step | str | None:
     """The one disruptive step to take now, or why none is (None: nothing to do)."""
     etcd = observed.etcd
@@ -167,6 +178,18 @@ def _next_disruption(
     not_ready = [t.name for t in target.members if not ((p := observed.pod(t.name)) is not None and p.ready)]
     if not_ready:
         return f"waiting for {', '.join(not_ready)} to be ready"
+    # Ready is not caught up: a member recreated a moment ago passes its probe within seconds,
+    # before it streams again and acknowledges synchronous commits; its etcd key may still be the
+    # one its previous pod wrote. Measured: the next replica taken 2 s after one came back left
+    # the leader without a synchronous standby and the cluster without a provable quorum.
+    if now is not None:
+        young = sorted(
+            p.name
+            for p in observed.pods
+            if p.created is not None and (now - p.created).total_seconds() < SETTLE_SECONDS
+        )
+        if young:
+            return f"waiting for {', '.join(young)} to settle ({SETTLE_SECONDS:g} s after its pod was made)"
     if extra:
         victim = extra[0]
         if victim.name == leader:

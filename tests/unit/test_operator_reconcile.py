@@ -238,3 +238,20 @@ def test_a_cluster_scoped_object_no_longer_wanted_is_deleted_and_a_wanted_one_ke
         shared=(manifest("Service", "pg-rw"), manifest("ClusterRoleBinding", "pgquorum-node-fencer-ns-pg")),
     )
     assert plan(wanted, observed, existing).steps == ()
+
+
+def test_a_member_made_a_moment_ago_settles_before_the_next_disruption() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    names = ["pg-0", "pg-1", "pg-2"]
+    leader = pod("pg-0", role="primary", hash_="old", created=now - timedelta(hours=1))
+    fresh = pod("pg-1", hash_="new", created=now - timedelta(seconds=3))  # just rolled, already ready
+    stale = pod("pg-2", hash_="old", created=now - timedelta(hours=1))
+    roles = {"pg-0": Role.LEADER, "pg-1": Role.REPLICA, "pg-2": Role.REPLICA}
+    observed = Observed(pods=(leader, fresh, stale), pvcs=(), etcd=etcd("pg-0", roles, names))
+    existing = {("Service", "pg-rw"): "h1", **{("PersistentVolumeClaim", f"{n}-data"): "h1" for n in names}}
+    got = plan(target(*names, hash_="new"), observed, existing, now)
+    assert got.steps == () and got.waiting is not None and "pg-1 to settle" in got.waiting
+    later = plan(target(*names, hash_="new"), observed, existing, now + timedelta(seconds=20))
+    assert [(s.kind, s.name) for s in later.steps] == [(StepKind.DELETE_POD, "pg-2")]
