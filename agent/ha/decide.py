@@ -162,7 +162,18 @@ def serving_deadline_at(memory: Memory, timing: Timing, voting: Voting | None, m
     verdict = failsafe_verdict(memory, timing, voting, me, now)
     if verdict is None:
         return lease
+    if verdict.deadline is None and collecting_promises(memory, timing, now):
+        return lease
     return serving_deadline(lease, verdict, require_majority=True)
+
+
+def collecting_promises(memory: Memory, timing: Timing, now: float) -> bool:
+    """A leader's first ttl: the promises its first renewal asked for may not have arrived. Until
+    then it serves on its etcd lease alone, which is safe: no other member is elected while its
+    key lives, and the lease fences it before the key can expire. Without this, a bootstrap leader
+    whose peers registered as voters while it ran initdb fenced itself on its first pass, before
+    quorum commit had a record, and no member could ever promote (measured on Kubernetes)."""
+    return memory.leading_since is not None and now - memory.leading_since < timing.ttl
 
 
 def keep_serving(inp: Inputs, memory: Memory) -> KeepServing | None:

@@ -130,6 +130,22 @@ def test_without_a_majority_of_promises_the_primary_fences_and_releases_its_key_
     assert d.actions[0].kind == "no_majority"  # the metrics label
 
 
+def test_a_new_leader_serves_on_its_lease_while_its_first_promises_are_on_their_way() -> None:
+    """A bootstrap leader whose peers registered as voters during initdb has no promise on its
+    first pass: fencing then (before quorum commit has a record) left a cluster no one could lead."""
+    fresh = replace(LEADING, leading_since=NOW - 0.05)
+    d = decide(inputs(memory=fresh, voting=voting()))
+    assert d.role is Role.LEADER and not any(isinstance(a, Fence) for a in d.actions)
+    # a whole ttl later and still no promise: fenced as any leader without a majority
+    late = replace(LEADING, leading_since=NOW - T.ttl)
+    d = decide(inputs(memory=late, voting=voting()))
+    assert isinstance(d.actions[0], Fence) and d.actions[0].kind == "no_majority"
+    # the lease still bounds it: not renewed in time, fenced even while collecting
+    stale = replace(fresh, last_renew_sent=NOW - T.fence_after() - 0.01)
+    d = decide(inputs(memory=stale, voting=voting(), lease_renewed_at=NOW - T.fence_after() - 0.01))
+    assert any(isinstance(a, Fence) for a in d.actions)
+
+
 def test_promises_to_another_primary_or_an_older_leadership_do_not_count() -> None:
     stale = promise("b", term=2)  # our leadership began at term 3: a term-2 promise is someone else's
     other = promise("w", primary="b")
