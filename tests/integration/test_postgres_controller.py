@@ -457,6 +457,9 @@ def test_synchronous_standby_names_lifecycle(make: Factory) -> None:
     # A value set elsewhere (ALTER SYSTEM wins over our file) is reported, not silently ignored.
     sql(b, "ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (zzz)'")
     sql(b, "SELECT pg_reload_conf()")
+    # pg_reload_conf() only signals the postmaster: wait until the reload is done (a new session
+    # sees it), or the check below may still read the old value and rightly find it in force.
+    wait_until(lambda: sql(b, "SHOW synchronous_standby_names") == [("ANY 1 (zzz)",)], what="ALTER SYSTEM in force")
     with pytest.raises(PostgresError, match="ALTER SYSTEM"):
         b.set_standby_names("ANY 1 (a)", timeout=1.0)
     sql(b, "ALTER SYSTEM RESET synchronous_standby_names")
