@@ -2,7 +2,7 @@
 
 No I/O, no clock reads, no globals: ``Inputs`` carries everything (``now`` is monotonic seconds),
 ``Decision`` carries everything the executor needs, including the agent's updated ``Memory``.
-The rules follow DESIGN 2.1-2.3; each branch returns a reason written for the 3 a.m. log.
+The rules follow invariants I1-I3; each branch returns a reason written for the 3 a.m. log.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class Election:
 
 @dataclass(frozen=True)
 class Voting:
-    """Quorum votes and the failsafe (DESIGN 2.5), gathered by the executor for this loop.
+    """Quorum votes and the failsafe (invariant I5), gathered by the executor for this loop.
 
     ``members``: the voting members (``voters/`` registry plus ourselves). ``promises``: our copies
     of the promises voters granted us (dated at the send time of each request), while we lead.
@@ -134,7 +134,7 @@ ELECTION_RETRY = 0.05
 
 
 def fence_deadline(last_renew_sent: float | None, timing: Timing) -> float | None:
-    """The instant the leader must have stopped accepting writes (DESIGN 2.1)."""
+    """The instant the leader must have stopped accepting writes (invariant I1)."""
     if last_renew_sent is None:
         return None
     return last_renew_sent + timing.fence_after()
@@ -157,23 +157,28 @@ def failsafe_verdict(memory: Memory, timing: Timing, voting: Voting | None, me: 
 
 def serving_deadline_at(memory: Memory, timing: Timing, voting: Voting | None, me: str, now: float) -> float | None:
     """The instant we must have stopped accepting writes: with votes, a majority of promises
-    (renewed every loop, whether etcd is up or not); in lease-only mode, the lease (DESIGN 2.1)."""
+    (renewed every loop, whether etcd is up or not); in lease-only mode, the lease (invariant I1)."""
     lease = fence_deadline(memory.last_renew_sent, timing)
     verdict = failsafe_verdict(memory, timing, voting, me, now)
     if verdict is None:
         return lease
-    if verdict.deadline is None and collecting_promises(memory, timing, now):
-        return lease
+    if verdict.deadline is None:
+        window = first_promises_window(memory, timing)
+        if window is not None and lease is not None:
+            return min(lease, window)
     return serving_deadline(lease, verdict, require_majority=True)
 
 
-def collecting_promises(memory: Memory, timing: Timing, now: float) -> bool:
-    """A leader's first ttl: the promises its first renewal asked for may not have arrived. Until
-    then it serves on its etcd lease alone, which is safe: no other member is elected while its
-    key lives, and the lease fences it before the key can expire. Without this, a bootstrap leader
-    whose peers registered as voters while it ran initdb fenced itself on its first pass, before
-    quorum commit had a record, and no member could ever promote (measured on Kubernetes)."""
-    return memory.leading_since is not None and now - memory.leading_since < timing.ttl
+def first_promises_window(memory: Memory, timing: Timing) -> float | None:
+    """The end of a leader's first ttl, while the promises its first renewal asked for may still
+    be on their way. Until then a leader that never held a majority serves on its etcd lease
+    alone, which is safe: no other member is elected while its key lives, and the lease fences it
+    before the key can expire. Without this, a bootstrap leader whose peers registered as voters
+    while it ran initdb fenced itself on its first pass, before quorum commit had a record, and no
+    member could ever promote (measured on Kubernetes). The window is a deadline, not a test of
+    ``now``: once it passes without a majority the deadline is in the past and the guard fences
+    between loops (a test of ``now`` turned into "no deadline" there, which the guard skips)."""
+    return None if memory.leading_since is None else memory.leading_since + timing.ttl
 
 
 def keep_serving(inp: Inputs, memory: Memory) -> KeepServing | None:
@@ -435,7 +440,7 @@ def _lead(inp: Inputs, cluster: ClusterState) -> Decision:
     if pg.in_recovery:
         promote: tuple[Action, ...] = (Promote(cluster.term),)
         if inp.sync.quorum:
-            # Before the first write is possible: wait for the record's quorum (DESIGN 2.4).
+            # Before the first write is possible: wait for the record's quorum (invariant I4).
             first = promotion_standbys(cluster.sync, inp.me, inp.sync.k, Durability(inp.sync.durability))
             promote = (SetSyncStandbys(first.render(), f"before promotion: {first} from the etcd record"), *promote)
         return Decision(
@@ -644,7 +649,7 @@ def _follow(inp: Inputs, cluster: ClusterState, leader: str) -> Decision:
 
 
 def _race(inp: Inputs, cluster: ClusterState) -> Decision:
-    """No leader key: only the healthiest eligible member takes it (DESIGN 2.3)."""
+    """No leader key: only the healthiest eligible member takes it (invariant I3)."""
     pg = inp.pg
     take = Decision(
         (AcquireLeader(cluster.term),),

@@ -1,4 +1,4 @@
-"""The HA decision with quorum votes and the failsafe (DESIGN 2.5), on plain data.
+"""The HA decision with quorum votes and the failsafe (invariant I5), on plain data.
 
 Three voting members by default: data members ``a`` and ``b`` and the witness ``w``. Promises are
 the primary's copies (dated at the send time of their request); votes are keys read back from etcd.
@@ -163,8 +163,13 @@ def test_fence_guard_follows_the_promises() -> None:
     v = voting(promise("b", sent_at=99.0))
     assert not guard_must_fence(101.4, LEADING, T, v, "a")
     assert guard_must_fence(101.5, LEADING, T, v, "a")
-    # An elected standby that never held a majority is left to the loop (it is not writable).
-    assert not guard_must_fence(NOW, LEADING, T, voting(), "a")
+    # A leader that never held a majority is left to the loop during its first ttl (the promises
+    # it asked for are on their way)...
+    assert not guard_must_fence(NOW, replace(LEADING, leading_since=NOW - 1.0), T, voting(), "a")
+    # ...and fenced by the guard once that ttl is over, between loops as the loop would: a primary
+    # whose agent restarted (found by the property test) must not serve on without a majority.
+    assert guard_must_fence(NOW, replace(LEADING, leading_since=NOW - T.ttl), T, voting(), "a")
+    assert serving_deadline_at(replace(LEADING, leading_since=NOW - 1.0), T, voting(), "a", NOW) == NOW - 1.0 + T.ttl
 
 
 # -- without etcd ---------------------------------------------------------------------------------
