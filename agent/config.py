@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 class Timing:
     """Lease timing. Defaults are tuned for a LAN (Patroni: ttl 30, loop_wait 10, retry_timeout 10).
 
-    The invariant (DESIGN 2.1): the leader stops accepting writes at
+    Invariant I1: the leader stops accepting writes at
     ``last_renew_sent + ttl - safety_margin``, before any other member can take the key.
     """
 
@@ -137,7 +137,7 @@ DURABILITIES = ("required", "preferred")
 
 @dataclass(frozen=True)
 class SyncSettings:
-    """Quorum commit (DESIGN 2.4): ``synchronous: {mode: off|quorum, k: int, durability: ...}``.
+    """Quorum commit (invariant I4): ``synchronous: {mode: off|quorum, k: int, durability: ...}``.
 
     ``k``: how many standbys must confirm a commit. ``durability: required`` never lets postgres
     wait for fewer than ``k`` (commits block) and never promotes a candidate that cannot prove it
@@ -198,10 +198,10 @@ class AgentConfig:
     log_level: str = "INFO"
     api: ApiSettings = field(default_factory=ApiSettings)
     synchronous: SyncSettings = field(default_factory=SyncSettings)  # default; etcd's dynamic config wins
-    # A voting member without PostgreSQL (DESIGN 2.5); ``postgres`` then holds unused defaults.
+    # A voting member without PostgreSQL (invariant I5); ``postgres`` then holds unused defaults.
     witness: bool = False
-    # Promotions need a majority of votes and the primary serves on a majority of promises (DESIGN
-    # 2.5). Every member of a cluster must agree: false is the lease-only mode (no witnesses).
+    # Promotions need a majority of votes and the primary serves on a majority of promises (invariant
+    # I5). Every member of a cluster must agree: false is the lease-only mode (no witnesses).
     quorum_votes: bool = True
     # Hooks that fence the old leader before this member promotes (agent/stonith), and the watchdog.
     stonith: tuple[Hook, ...] = ()

@@ -53,7 +53,7 @@ class DataMember:
 
 @dataclass(frozen=True)
 class Witness:
-    """A voting member without PostgreSQL (DESIGN 2.5): nothing to configure beyond the member."""
+    """A voting member without PostgreSQL (invariant I5): nothing to configure beyond the member."""
 
 
 WITNESS = Witness()

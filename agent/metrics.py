@@ -1,4 +1,4 @@
-"""Prometheus metrics of one agent (DESIGN 2.8), served by the REST API at ``GET /metrics``.
+"""Prometheus metrics of one agent (invariant I8), served by the REST API at ``GET /metrics``.
 
 Every series is named ``pgquorum_*`` and carries the labels ``cluster`` and ``member``. The metrics
 live in the agent's own ``CollectorRegistry`` (never the process-global one), so two agents in one
@@ -47,7 +47,7 @@ ANSWER_KINDS = ("vote", "promise")
 
 @dataclass(frozen=True)
 class FailsafeState:
-    """The primary's failsafe right now (DESIGN 2.5), read at scrape time."""
+    """The primary's failsafe right now (invariant I5), read at scrape time."""
 
     voting_members: int
     promises_held: int  # voters whose promise to us is unexpired (ourselves included)
@@ -279,7 +279,7 @@ class _SnapshotCollector:
             yield from gauge(
                 "pgquorum_promise_majority",
                 "Leader: 1 while a majority of voting members (itself included) holds an unexpired promise "
-                "not to vote for anyone else (DESIGN 2.5); 0: it must stop writes.",
+                "not to vote for anyone else (invariant I5); 0: it must stop writes.",
                 float(failsafe.majority),
             )
             yield from gauge(
@@ -378,7 +378,7 @@ class AgentMetrics:
         self._quorum_refused = Counter(
             "pgquorum_quorum_promotion_refused",
             "Leaderless episodes in which this member refused to promote itself because it could not prove "
-            "it holds every acknowledged commit (quorum commit, DESIGN 2.4).",
+            "it holds every acknowledged commit (quorum commit, invariant I4).",
             _BASE_LABELS,
             registry=reg,
         ).labels(cluster, member)
@@ -400,7 +400,7 @@ class AgentMetrics:
             self._answers.labels(cluster, member, kind, "granted", "granted")
         self._elections_won = Counter(
             "pgquorum_elections_won",
-            "Leader keys this member took after winning a majority of votes (DESIGN 2.5).",
+            "Leader keys this member took after winning a majority of votes (invariant I5).",
             _BASE_LABELS,
             registry=reg,
         ).labels(cluster, member)

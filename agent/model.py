@@ -150,7 +150,7 @@ class SwitchoverRequest:
 
 @dataclass(frozen=True)
 class SyncRecord:
-    """The ``sync`` key: the quorum the leader keeps (DESIGN 2.4), ``{leader, k, voters}``.
+    """The ``sync`` key: the quorum the leader keeps (invariant I4), ``{leader, k, voters}``.
 
     Postgres acknowledges a commit only once ``k`` of the standbys it lists confirmed it, and the
     leader keeps that list within ``voters``; so a candidate that reads ``len(voters) - k + 1``
@@ -212,7 +212,7 @@ class ClusterState:
     switchover: SwitchoverRequest | None = None
     sync: SyncRecord | None = None  # quorum commit record (``sync`` key), None when absent
     # Voting members (``voters/<name>``, no lease): a dead member keeps its vote counted, so losing
-    # two of 2 data + 1 witness stops writes instead of shrinking the majority (DESIGN 2.5).
+    # two of 2 data + 1 witness stops writes instead of shrinking the majority (invariant I5).
     voters: tuple[VoterEntry, ...] = ()
     votes: tuple[Vote, ...] = ()  # vote keys present (``votes/<term>/<voter>``), any term
 

@@ -1,4 +1,4 @@
-"""Optional Linux watchdog (``/dev/watchdog``, e.g. the ``softdog`` module), as Patroni has it (DESIGN 2.2).
+"""Optional Linux watchdog (``/dev/watchdog``, e.g. the ``softdog`` module), as Patroni has it (invariant I2).
 
 The leader arms the watchdog and feeds it only after a *successful* lease renewal. If the agent is
 stuck (paused, swapping, deadlocked) the feeding stops and the kernel resets the machine before

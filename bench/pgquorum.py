@@ -44,7 +44,8 @@ from pgquorum.agent.config_render import write_agent_config
 log = logging.getLogger("bench.pgquorum")
 
 # pgquorum's own defaults (ttl 3, loop_wait 1, retry_timeout 1, safety_margin 0.5): the targets in
-# DESIGN section 6 are meant for these.  "default" mirrors Patroni's default profile for a like-for-like run.
+# docs/invariants.md (Targets) are meant for these. "default" mirrors Patroni's default profile for
+# a like-for-like run.
 PROFILES: dict[str, Timing] = {
     "aggressive": Timing(ttl=3, loop_wait=1, retry_timeout=1),
     "default": Timing(ttl=30, loop_wait=10, retry_timeout=10),

@@ -25,7 +25,7 @@ What it flags (each a violation unless said otherwise):
 
 Informational, not violations: **late acks**, writes the old primary acknowledged after another
 member had taken the leader key of a newer term but before that member began promoting (the
-lease rule of DESIGN 2.1 says a primary stops writing before the key can move; such writes
+lease rule of invariant I1 says a primary stops writing before the key can move; such writes
 survive only because the new primary still streamed them before promoting, which the lost-write
 check verifies); overlapping primary intervals of different members (a paused old
 primary still "is" primary until it fences itself; what matters is whether it acknowledges), the

@@ -149,7 +149,7 @@ class ClusterSpec:
 
     @property
     def voters(self) -> int:
-        """Voting members (DESIGN 2.5): data members and witnesses; none in the lease-only mode."""
+        """Voting members (invariant I5): data members and witnesses; none in the lease-only mode."""
         return self.instances + self.witnesses if self.quorum_votes else 0
 
 

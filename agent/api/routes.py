@@ -498,7 +498,7 @@ def _voter(api: Api) -> VoterService:
 
 
 def post_vote(api: Api, req: Request, query: dict[str, list[str]]) -> Response:
-    """A candidate asks for our vote (DESIGN 2.5; formats in ``agent/quorum/votes.py``)."""
+    """A candidate asks for our vote (invariant I5; formats in ``agent/quorum/votes.py``)."""
     parsed = parse_vote_request(parse_object(req.body, allow_empty=False))
     if isinstance(parsed, FieldError):
         return error(parsed.status, parsed.message, parsed.field)

@@ -12,10 +12,10 @@ Key layout under ``/<prefix>/<cluster>/`` (prefix defaults to ``pgquorum``):
 ``members/<name>``  JSON MemberInfo, attached to the member's lease
 ``config``          JSON dynamic configuration
 ``switchover``      JSON SwitchoverRequest: a pending switchover / manual failover
-``sync``            JSON SyncRecord ``{leader, k, voters}``: the quorum-commit promise (DESIGN
-                    2.4), written only by the leader, by CAS on its mod revision in the same
+``sync``            JSON SyncRecord ``{leader, k, voters}``: the quorum-commit promise (invariant
+                    I4), written only by the leader, by CAS on its mod revision in the same
                     transaction that checks the leader key still names the writer
-``voters/<name>``   JSON ``{"witness": bool}``: a voting member (DESIGN 2.5), created once by the
+``voters/<name>``   JSON ``{"witness": bool}``: a voting member (invariant I5), created once by the
                     member itself (create_revision == 0), no lease: a dead voter still counts, so
                     the majority never shrinks with the members that died. Removed only by hand
                     (one at a time, with every member of the old and new set agreeing)

@@ -403,7 +403,7 @@ class EtcdDCS:
         compare = [_compare(self.base + "leader", "CREATE", 0), self._term_is(expected_term)]
         return self._txn(compare, [_put(self.base + "term", str(expected_term + 1))], self._deadline())
 
-    # -- votes (DESIGN 2.5) ----------------------------------------------------------------------
+    # -- votes (invariant I5) ----------------------------------------------------------------------
 
     def _vote_key(self, term: int, voter: str) -> str:
         return f"{self.base}votes/{term}/{voter}"

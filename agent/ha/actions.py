@@ -62,7 +62,7 @@ class AdvanceTerm:
 @dataclass(frozen=True)
 class RequestVotes:
     """Ask every voting member (ourselves included) for its vote for ``term``, then read the vote
-    keys of that term back from etcd; the next decision tallies them (DESIGN 2.5)."""
+    keys of that term back from etcd; the next decision tallies them (invariant I5)."""
 
     term: int
 
@@ -86,7 +86,7 @@ class Fence:
     """Stop accepting writes now (immediate shutdown of postgres).
 
     ``kind``: the metrics label when the decision knows it better than the cluster state does
-    (``no_majority``: the primary lost its majority of promises, DESIGN 2.5).
+    (``no_majority``: the primary lost its majority of promises, invariant I5).
     """
 
     reason: str

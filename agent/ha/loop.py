@@ -140,7 +140,7 @@ class HaLoop:
         self.watch = watch  # wakes the loop when the leader key changes (latency only)
         self.pod_labels = pod_labels  # in a Kubernetes pod: the role label `-rw` selects on
         self._stop = threading.Event()
-        # Quorum votes and the failsafe (DESIGN 2.5): our own vote and promises (``voter``, shared with
+        # Quorum votes and the failsafe (invariant I5): our own vote and promises (``voter``, shared with
         # the API's /vote and /promise), the promises we hold as primary (``keeper``).
         self.voter = voter if cfg.quorum_votes else None
         self.keeper: PromiseKeeper | None = None
@@ -340,7 +340,7 @@ class HaLoop:
         return again
 
     def _feed_watchdog(self, renewed_at: float | None) -> None:
-        """Armed only while we lead, fed only right after a renewal that kept our key (DESIGN 2.2)."""
+        """Armed only while we lead, fed only right after a renewal that kept our key (invariant I2)."""
         wd = self.watchdog
         if wd is None:
             return
@@ -428,7 +428,7 @@ class HaLoop:
             peers.append(status)
         return tuple(peers)
 
-    # -- quorum votes and the failsafe (DESIGN 2.5) ----------------------------------------------
+    # -- quorum votes and the failsafe (invariant I5) ----------------------------------------------
     def _current_voting(self) -> Voting | None:
         """For the fence guard, between loops: the voting members and the promises held right now."""
         if self.keeper is None:
@@ -1059,7 +1059,7 @@ class HaLoop:
             if cluster.member(self.cfg.name) != member:
                 self.dcs.touch_member(member)
             unregistered = self.voter is not None and all(v.name != self.cfg.name for v in cluster.voters)
-            # Once: from now on our vote counts, and our absence too (DESIGN 2.5).
+            # Once: from now on our vote counts, and our absence too (invariant I5).
             if unregistered and self.dcs.register_voter(VoterEntry(self.cfg.name, witness=False)):
                 log.warning("registered as a voting member", extra={"event": "voter_registered"})
         except DCSError as exc:

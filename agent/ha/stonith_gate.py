@@ -1,4 +1,4 @@
-"""The executor's STONITH step between taking the leader key and promoting (DESIGN 2.2).
+"""The executor's STONITH step between taking the leader key and promoting (invariant I2).
 
 Hooks may take longer than the lease's ttl, so they run on a thread (``FenceJob``) while the HA loop
 keeps renewing; each loop the Promote action asks the gate and promotes only once every ``required``

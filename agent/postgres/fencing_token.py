@@ -1,4 +1,4 @@
-"""The term as a fencing token inside PostgreSQL (DESIGN 2.2).
+"""The term as a fencing token inside PostgreSQL (invariant I2).
 
 At every promotion (and whenever the leader holds a term its database does not show yet) the
 agent writes the term into a one-row table of the ``postgres`` database. It is ordinary WAL, so

@@ -1,4 +1,4 @@
-"""The failover candidate's quorum check (DESIGN 2.3 (e), 2.4): pure, on plain data.
+"""The failover candidate's quorum check (invariant I3 (e), 2.4): pure, on plain data.
 
 Postgres acknowledged a commit only once ``k`` standbys of the record's voters flushed it, so any
 ``n - k + 1`` voters include one that has it (``agent/quorum/sync.py`` keeps that true at every

@@ -1,4 +1,4 @@
-"""Quorum failsafe: a primary cut from etcd keeps serving only on a majority's promise (DESIGN 2.5).
+"""Quorum failsafe: a primary cut from etcd keeps serving only on a majority's promise (invariant I5).
 
 Voter side: ``grant_promise`` answers ``POST /promise``: the voter promises the primary of a term
 not to vote for any other candidate for ``ttl`` seconds from the moment it answers; while that
@@ -6,7 +6,7 @@ holds, ``promise_blocks_vote`` refuses every vote but one for that primary itsel
 
 Primary side: ``may_keep_serving`` counts the promises still valid by the primary's own clock,
 each measured from the *send* time of the request it answered, minus ``safety_margin`` -- the
-lease rule of DESIGN 2.1. Monotonic clocks of two machines are not comparable, so a ``Promise``
+lease rule of invariant I1. Monotonic clocks of two machines are not comparable, so a ``Promise``
 is dated on the clock of whoever holds it: the voter keeps its grant instant, the primary keeps
 its send instant (never the voter's number). Sending precedes granting, so the primary's copy
 expires first.

@@ -1,4 +1,4 @@
-"""Agent-to-agent calls of DESIGN 2.5: a candidate asks for votes, a primary renews promises.
+"""Agent-to-agent calls of invariant I5: a candidate asks for votes, a primary renews promises.
 
 Both are ``POST`` with the cluster's API credentials (the same ``api`` settings that protect this
 agent's own mutating routes), bounded by a timeout, and never raise: an unreachable voter is an

@@ -1,4 +1,4 @@
-"""Quorum commit (DESIGN 2.4): the pure resolver that moves postgres and etcd to the wanted quorum.
+"""Quorum commit (invariant I4): the pure resolver that moves postgres and etcd to the wanted quorum.
 
 Two places hold the quorum, and they change one at a time:
 
@@ -298,7 +298,7 @@ def first_unsafe(
 
 
 def promotion_standbys(record: SyncRecord | None, me: str, wanted_k: int, durability: Durability) -> PgSync:
-    """What a freshly promoted primary waits for, set *before* it promotes (DESIGN 2.4).
+    """What a freshly promoted primary waits for, set *before* it promotes (invariant I4).
 
     The record still describes the old primary's quorum, and we are one of its voters: waiting for
     ``k`` of the other voters keeps every commit we acknowledge where the record's readers look,

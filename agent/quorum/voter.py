@@ -1,4 +1,4 @@
-"""The voter's side of DESIGN 2.5 in a running agent: ``POST /vote`` and ``POST /promise``.
+"""The voter's side of invariant I5 in a running agent: ``POST /vote`` and ``POST /promise``.
 
 One ``VoterService`` per process (data member or witness), shared by the API threads and the HA
 loop. Its ``VoterMemory`` sits behind one lock, held only for pure computation, never across a

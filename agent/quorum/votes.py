@@ -1,4 +1,4 @@
-"""Votes for promotion (DESIGN 2.5): a candidate needs a majority of voting members for its term.
+"""Votes for promotion (invariant I5): a candidate needs a majority of voting members for its term.
 
 Voting members are the data members and the witnesses. Like Raft's RequestVote, a voter grants
 at most one candidate per term and only one at least as advanced as itself, so the winner holds

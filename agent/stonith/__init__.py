@@ -1,6 +1,6 @@
 """STONITH ("shoot the other node in the head"): fence the old leader before this member promotes.
 
-DESIGN 2.2. The new leader, after taking the leader key for term ``T`` and before promoting its
+invariant I2. The new leader, after taking the leader key for term ``T`` and before promoting its
 postgres, calls ``run_hooks(hooks, FenceRequest(...), clock)``; it promotes only if
 ``outcome.may_promote``. Hooks are configured as a list (``parse_hooks``) and run synchronously, in
 order, each within its timeout; see README.md in this folder for writing an exec hook and verifying a

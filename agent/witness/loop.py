@@ -1,4 +1,4 @@
-"""The witness: a voting member without PostgreSQL (DESIGN 2.5), so 2 data members + 1 witness is
+"""The witness: a voting member without PostgreSQL (invariant I5), so 2 data members + 1 witness is
 a safe cluster (any one of the three may be lost and writes go on; losing two stops them).
 
 Its loop, every ``loop_wait`` (and at once when the leader key changes):

@@ -181,7 +181,7 @@ def test_leader_and_member_vanish_after_ttl_without_keepalive(etcd: EtcdServer, 
             break
         assert now - sent < TTL + 2, "leader key outlived its lease by far"
         time.sleep(0.02)
-    # The safety invariant of DESIGN 2.1: never gone before last_renew_sent + ttl.
+    # The safety invariant of invariant I1: never gone before last_renew_sent + ttl.
     assert now - sent >= TTL, f"leader key vanished {now - sent:.2f}s after the last renewal"
     assert state.members == ()  # the member key was on the same lease
     assert state.term == 1  # the term survives: it has no lease
@@ -508,7 +508,7 @@ def test_malformed_fields_in_a_valid_envelope_raise_dcserror(
         ALL_CALLS.get(call, lambda d: d.keepalive())(dcs)
 
 
-# -- votes and voters (DESIGN 2.5) ----------------------------------------------------------------
+# -- votes and voters (invariant I5) ----------------------------------------------------------------
 
 
 def _vote(voter: str, candidate: str, term: int, lsn: int | None = 100) -> Vote:

@@ -197,7 +197,7 @@ def test_back_to_back_failovers_with_two_members_killed(cluster: LocalCluster) -
             ok = tl is not None and all(m["timeline"] == tl and m["role"] in ("leader", "replica") for m in live)
             return s if ok else None
 
-        # DESIGN 2.3 (c): a replica that never reached the newest timeline is rightly not eligible.
+        # invariant I3 (c): a replica that never reached the newest timeline is rightly not eligible.
         leader = wait_for(replicas_on_leader_timeline, 30, "replicas streaming on the leader's timeline")["leader"]
         run_cli("local", "kill", "--member", leader, "--data-dir", str(cluster.data_dir))
         killed.append(leader)

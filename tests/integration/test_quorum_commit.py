@@ -303,7 +303,7 @@ def test_failover_refused_until_the_quorum_can_be_proven(cluster: LocalCluster) 
 
 def test_required_blocks_commits_without_standbys(cluster: LocalCluster) -> None:
     """No standby left to confirm: a commit does not return. (With 2 of 3 voting members gone the
-    primary also fences itself for lack of a majority, DESIGN 2.5; either way nothing is acknowledged.)"""
+    primary also fences itself for lack of a majority, invariant I5; either way nothing is acknowledged.)"""
     s = wait_for(lambda: quorum_steady(cluster), 120, "steady quorum")
     leader = next(m for m in s["members"] if m["role"] == "leader")
     replicas = sorted(m["name"] for m in s["members"] if m["role"] == "replica")

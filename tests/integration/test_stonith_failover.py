@@ -1,4 +1,4 @@
-"""STONITH in the promotion path, with real agents, etcd and PostgreSQL (DESIGN 2.2).
+"""STONITH in the promotion path, with real agents, etcd and PostgreSQL (invariant I2).
 
 Every data member fences the old leader through two exec hooks before promoting: ``gate`` (required)
 succeeds only once a flag file exists, ``audit`` (best-effort) always fails. While the gate fails, no

@@ -1,4 +1,4 @@
-"""Witnesses, quorum votes and the quorum failsafe (DESIGN 2.5) with real processes.
+"""Witnesses, quorum votes and the quorum failsafe (invariant I5) with real processes.
 
 One local cluster of 2 data members + 1 witness (real etcd, real PostgreSQL, real agents), shared
 by the tests in file order; each leaves it healthy for the next. Every agent reaches etcd through

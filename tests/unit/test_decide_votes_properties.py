@@ -1,5 +1,5 @@
 """Property test: ``decide`` with quorum votes and promises, inside a model of etcd, two data
-members, a witness and the messages between them (DESIGN 2.5).
+members, a witness and the messages between them (invariant I5).
 
 Where ``quorum_model.py`` drives the pure vote and promise functions directly, this drives the HA
 decision itself, executing its actions the way ``loop.py`` does: ``RequestVotes`` asks every voter

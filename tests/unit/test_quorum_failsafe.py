@@ -1,4 +1,4 @@
-"""Quorum failsafe promises: voter side, primary side, and the DESIGN 2.5 claims as properties.
+"""Quorum failsafe promises: voter side, primary side, and the invariant I5 claims as properties.
 
 Plain data first; then Hypothesis drives ``quorum_model.World`` (data members and witnesses,
 etcd loss, message loss, promise renewals, crashes, clock advance and vote requests).
@@ -253,7 +253,7 @@ def run_events(w: World, events: list[Event]) -> None:
 def test_no_election_while_the_old_primary_may_serve(
     cluster: tuple[tuple[str, ...], tuple[str, ...]], mode: Mode, primary_cut_from_etcd: bool, events: list[Event]
 ) -> None:
-    """(b) DESIGN 2.5: a minority that still reaches etcd cannot be promoted.
+    """(b) invariant I5: a minority that still reaches etcd cannot be promoted.
 
     After every step: no candidate holds a majority of vote keys for a term newer than that of
     a primary that may still accept writes, at most one member accepts writes, and none does
@@ -321,7 +321,7 @@ def test_two_data_one_witness_stops_writes_after_losing_two(
 def test_two_data_one_witness_failsafe_mode_stops_writes_only_without_etcd() -> None:
     """With the lease rule alone (failsafe mode), etcd keeps a primary whose voters are gone.
 
-    That is why the recommended wiring renews promises all the time (quorum mode): DESIGN 2.5's
+    That is why the recommended wiring renews promises all the time (quorum mode): invariant I5's
     "losing two stops writes" then holds whether etcd is reachable or not.
     """
     w = World.start(("a", "b"), ("w",), mode="failsafe")
