@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import os
+import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -208,6 +210,11 @@ class AgentConfig:
     watchdog: WatchdogConfig | None = None  # None: off
     # In a Kubernetes pod: the pod whose role label `-rw`/`-ro` select on (agent/podrole.py).
     kubernetes: KubernetesSettings | None = None
+    # The host others reach this member at (API and PostgreSQL), read from this environment variable
+    # at start: in a pod, its IP from the downward API. A pod's DNS name is served from caches (30 s
+    # on kubeadm and here) that still give the old IP after the pod was replaced, so peers missed
+    # a recreated member's promises for up to 30 s and a rolling update lost its leader.
+    advertise_host_env: str | None = None
 
 
 # What a witness's ``postgres`` holds: nothing on its path ever reads it (it runs no PostgreSQL).
@@ -385,7 +392,37 @@ def _refuse_for_witness(data: dict[str, Any]) -> None:
         raise ConfigError("quorum_votes: a witness only exists to vote; it cannot run with quorum_votes: false")
 
 
-def load_config(path: Path) -> AgentConfig:
+def with_advertised_host(cfg: AgentConfig, environ: Mapping[str, str]) -> AgentConfig:
+    """``advertise_host_env``: the host of ``api_url`` and ``postgres.connect_host`` from the
+    environment (the config names the variable; the pod's IP is only known once it runs)."""
+    var = cfg.advertise_host_env
+    if var is None:
+        return cfg
+    if not isinstance(var, str) or not var.replace("_", "").isalnum():
+        raise ConfigError(f"advertise_host_env: {var!r} is not an environment variable name, e.g. POD_IP")
+    host = environ.get(var, "").strip()
+    if not host or any(c in host for c in "/@?# "):
+        raise ConfigError(
+            f"advertise_host_env: the environment variable {var} is {'unset or empty' if not host else repr(host)}; "
+            f"set it to this member's address (in a pod: env {var} from fieldRef status.podIP) or remove "
+            "advertise_host_env"
+        )
+    url = urllib.parse.urlsplit(cfg.api_url)
+    netloc = f"[{host}]" if ":" in host else host
+    if url.port is not None:
+        netloc += f":{url.port}"
+    api_url = urllib.parse.urlunsplit(url._replace(netloc=netloc))
+    postgres = cfg.postgres if cfg.witness else replace(cfg.postgres, connect_host=host)
+    return replace(cfg, api_url=api_url, postgres=postgres)
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """The agent's configuration from ``path`` (``environ``: for ``advertise_host_env``)."""
+    cfg = _read_config(path)
+    return with_advertised_host(cfg, os.environ if environ is None else environ)
+
+
+def _read_config(path: Path) -> AgentConfig:
     try:
         text = path.read_text()
     except OSError as exc:

@@ -68,6 +68,7 @@ class MemberSettings:
     role: DataMember | Witness
     api_url: str | None = None  # how others reach the API; None: http://<api_listen>
     kubernetes: KubernetesSettings | None = None  # in a pod: the pod whose role label it keeps
+    advertise_host_env: str | None = None  # the host others reach it at, from this env var (pod IP)
 
 
 def render_agent_config(cluster: ClusterSettings, member: MemberSettings) -> dict[str, object]:
@@ -82,6 +83,8 @@ def render_agent_config(cluster: ClusterSettings, member: MemberSettings) -> dic
     doc["api_listen"] = member.api_listen
     if member.api_url is not None:
         doc["api_url"] = member.api_url
+    if member.advertise_host_env is not None:
+        doc["advertise_host_env"] = member.advertise_host_env
     api = _changed(cluster.api)
     if api:
         doc["api"] = api

@@ -1,4 +1,5 @@
-"""Building the cluster's Go binaries into the cache: Kubernetes (five binaries + kubectl) and Helm.
+"""Building the cluster's Go binaries into the cache: Kubernetes (five binaries + kubectl) and Helm;
+and prometheus-operator's CRDs, copied out of its Go module.
 
 ``k8s.io/kubernetes`` cannot be required as a plain module: its go.mod replaces 31 staging modules
 (k8s.io/api, k8s.io/apimachinery, ...) with ``./staging/...`` directories that a module download
@@ -21,6 +22,7 @@ from pgquorum.kube.versions import (
     HELM,
     KUBERNETES,
     KUBERNETES_BINARIES,
+    MONITORING_CRDS,
     Component,
     kubernetes_minor,
     staging_version,
@@ -75,6 +77,11 @@ def helm_ldflags(version: str) -> list[str]:
 
 
 def _download_go_mod(module: str, version: str, cwd: Path) -> str:
+    return Path(_go_mod_download(module, version, cwd, "GoMod")).read_text()
+
+
+def _go_mod_download(module: str, version: str, cwd: Path, field: str) -> str:
+    """``go mod download -json module@vVERSION``: the path its answer gives in ``field`` (GoMod, Dir)."""
     go = find_go()
     if go is None:
         raise BuildError("go is not installed: apt-get install golang-go (or put Go >= 1.24 on PATH)")
@@ -86,12 +93,12 @@ def _download_go_mod(module: str, version: str, cwd: Path) -> str:
         text=True,
         timeout=600,
     )
-    match = re.search(r'"GoMod":\s*"([^"]+)"', proc.stdout)
+    match = re.search(rf'"{field}":\s*"([^"]+)"', proc.stdout)
     if proc.returncode != 0 or not match:
         err = re.search(r'"Error":\s*"([^"]+)"', proc.stdout)
         why = err.group(1) if err else (proc.stderr.strip() or "?").splitlines()[-1]
         raise BuildError(f"go mod download {module}@v{version} failed: {why}")
-    return Path(match.group(1)).read_text()
+    return match.group(1)
 
 
 def _finish(component: Component, started: float, progress: Progress) -> None:
@@ -139,6 +146,36 @@ def build_helm(progress: Progress = print, component: Component = HELM) -> Compo
         return component
 
 
+MONITORING_CRD_FILES = ("podmonitors", "servicemonitors", "prometheusrules", "probes")
+
+
+def monitoring_crd_paths(component: Component = MONITORING_CRDS) -> list[Path]:
+    return [component.directory / "crds" / f"monitoring.coreos.com_{name}.yaml" for name in MONITORING_CRD_FILES]
+
+
+def fetch_monitoring_crds(progress: Progress = print, component: Component = MONITORING_CRDS) -> Component:
+    """prometheus-operator's monitoring CRDs out of its module into ``<component>/crds`` (once)."""
+    with locked(component.directory.parent / f".{component.directory.name}.lock"):
+        if component.complete:
+            return component
+        started = time.monotonic()
+        work = component.directory / "src"
+        work.mkdir(parents=True, exist_ok=True)
+        progress(f"prometheus-operator {component.version}: fetching its CRDs")
+        module = Path(
+            _go_mod_download("github.com/prometheus-operator/prometheus-operator", component.version, work, "Dir")
+        )
+        for target in monitoring_crd_paths(component):
+            source = module / "example" / "prometheus-operator-crd" / target.name
+            if not source.is_file():
+                raise BuildError(f"prometheus-operator v{component.version}: no {source.name} in its module")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes())
+        _finish(component, started, progress)
+        return component
+
+
 def build_all(progress: Progress = print) -> None:
     build_kubernetes(progress)
     build_helm(progress)
+    fetch_monitoring_crds(progress)

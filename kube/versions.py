@@ -16,6 +16,10 @@ KUBERNETES_VERSION = "1.34.4"
 COREDNS_VERSION = "1.12.4"
 HELM_VERSION = "4.3.2"
 LOCAL_PATH_PROVISIONER_VERSION = "0.0.30"
+# prometheus-operator's CRDs (PodMonitor, ServiceMonitor, PrometheusRule, ...), which ship in its Go
+# module: the chart renders its monitoring objects only where they exist, and the tests apply them
+# to the real apiserver. The newest the module proxy serves here.
+PROMETHEUS_OPERATOR_VERSION = "0.89.0"
 
 # The five node and control-plane binaries, and kubectl of the same version.
 KUBERNETES_BINARIES = (
@@ -57,6 +61,7 @@ KUBERNETES = Component("kubernetes", KUBERNETES_VERSION)
 COREDNS = Component("coredns", COREDNS_VERSION)
 HELM = Component("helm", HELM_VERSION)
 LOCAL_PATH_PROVISIONER = Component("local-path-provisioner", LOCAL_PATH_PROVISIONER_VERSION)
+MONITORING_CRDS = Component("prometheus-operator-crds", PROMETHEUS_OPERATOR_VERSION)
 
 
 def kubernetes_minor(version: str = KUBERNETES_VERSION) -> tuple[str, str]:

@@ -3,6 +3,7 @@
 pgquorum operator crd            # the PostgresCluster CRD (and kopf's peering CRDs) as YAML
 pgquorum operator manifests [--namespace NS] [--image IMAGE] [--replicas N]   # the operator's install objects
 pgquorum operator run [--namespace NS] [--peering NAME] [--priority N]
+pgquorum operator delete-clusters --namespace NS NAME...   # delete, and wait for the operator to let go
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ def configure_parser(op: argparse.ArgumentParser) -> None:
         help="the highest-priority live replica is the active one (default: random, so two replicas never tie)",
     )
     run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint for the probe")
+    dc = sub.add_parser(
+        "delete-clusters",
+        help="delete PostgresClusters and wait until the operator has removed them (Helm's pre-delete hook)",
+    )
+    dc.add_argument("--namespace", required=True, help="the clusters' namespace")
+    dc.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for them to go (120)")
+    dc.add_argument("names", nargs="+", metavar="NAME", help="PostgresCluster names")
 
 
 def peering_crds() -> list[dict[str, Any]]:
@@ -81,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.operator_command == "manifests":
         return _manifests(args)
+    if args.operator_command == "delete-clusters":
+        return _delete_clusters(args)
     import kopf
 
     from pgquorum.agent.kubeapi import KubeApiError
@@ -128,4 +138,23 @@ def _manifests(args: argparse.Namespace) -> int:
         *operator_objects(args.namespace, args.image or PGQUORUM_IMAGE, replicas=args.replicas),
     ]
     print(yaml.safe_dump_all(objects, sort_keys=False), end="")
+    return 0
+
+
+def _delete_clusters(args: argparse.Namespace) -> int:
+    from pgquorum.agent.kubeapi import KubeApiError
+    from pgquorum.operator.handlers import runtime_from_env
+    from pgquorum.operator.uninstall import UninstallError, delete_and_wait
+
+    if args.timeout <= 0:
+        print(
+            f"pgquorum operator delete-clusters: --timeout: expected seconds > 0, got {args.timeout:g}", file=sys.stderr
+        )
+        return 2
+    try:
+        gone = delete_and_wait(runtime_from_env().api, args.namespace, args.names, args.timeout)
+    except (KubeApiError, UninstallError) as exc:
+        print(f"pgquorum operator delete-clusters: {exc}", file=sys.stderr)
+        return 1
+    print(f"deleted: {', '.join(gone) or '(none existed)'}")
     return 0

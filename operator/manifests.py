@@ -130,6 +130,9 @@ class Identity:
         return f"http://{self.dns(pod)}:{API_PORT}"
 
 
+POD_IP_ENV = "PGQUORUM_POD_IP"  # the member pod's IP (downward API), its advertised host
+
+
 def spec_hash(body: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -201,6 +204,7 @@ def agent_config(spec: ClusterSpec, ident: Identity, pod: str, witness: bool) ->
         role=role,
         api_url=ident.api_url(pod),
         kubernetes=KubernetesSettings(pod=pod, namespace=ident.namespace),
+        advertise_host_env=POD_IP_ENV,
     )
     return render_agent_config(cluster, member)
 
@@ -350,6 +354,8 @@ def member_pod(spec: ClusterSpec, ident: Identity, pod: str, kind: MemberKind) -
         "image": spec.image,
         "imagePullPolicy": "IfNotPresent",
         "args": ["agent", "--config", f"{CONFIG_MOUNT}/agent.yaml"],
+        # the address peers and replicas use (advertise_host_env): the IP, not a cached DNS name
+        "env": [{"name": POD_IP_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
         "ports": [{"name": "api", "containerPort": API_PORT}]
         + ([] if witness else [{"name": "postgres", "containerPort": PG_PORT}]),
         "readinessProbe": {

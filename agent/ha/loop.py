@@ -62,7 +62,7 @@ from pgquorum.agent.ha.decide import (
     switchover_candidate,
 )
 from pgquorum.agent.ha.fence import FenceGuard
-from pgquorum.agent.ha.stonith_gate import OldLeader, StonithGate
+from pgquorum.agent.ha.stonith_gate import OldLeader, StonithGate, voted_for_us
 from pgquorum.agent.ha.view import LoopView, role_of
 from pgquorum.agent.metrics import AgentMetrics, FailsafeState
 from pgquorum.agent.model import (
@@ -789,9 +789,15 @@ class HaLoop:
             previous = history[-1] if history else None
             old: OldLeader | None = None
             if previous is not None and previous.term < term and previous.new_leader != self.cfg.name:
-                member = cluster.member(previous.new_leader) if cluster else None
-                host = urlsplit(member.conn_url).hostname if member and member.conn_url else None
-                old = OldLeader(previous.new_leader, member.api_url if member else None, host)
+                if cluster is not None and voted_for_us(previous.new_leader, self.cfg.name, term, cluster.votes):
+                    log.info(
+                        "the old leader voted for us: it had stopped writes, no STONITH",
+                        extra={"event": "stonith_skipped", "old_leader": previous.new_leader, "term": term},
+                    )
+                else:
+                    member = cluster.member(previous.new_leader) if cluster else None
+                    host = urlsplit(member.conn_url).hostname if member and member.conn_url else None
+                    old = OldLeader(previous.new_leader, member.api_url if member else None, host)
             self._old_leader = (term, old)
         return self._old_leader[1]
 

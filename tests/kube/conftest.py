@@ -6,23 +6,20 @@ takes it down after. Each test works in its own namespace. Missing host requirem
 
 from __future__ import annotations
 
-import json
 import sys
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import yaml
-from kube_support import NODES
+from kube_support import NODES, OPERATOR_NAMESPACE, explain, install_chart
 
 from pgquorum.kube import host
 from pgquorum.kube.cluster import LocalKube
-from pgquorum.kube.images import PGQUORUM_IMAGE
 from pgquorum.kube.plan import plan_cluster
 from pgquorum.operator.cli import peering_crds
 from pgquorum.operator.crd import NAME, postgrescluster_crd
 from pgquorum.operator.install import NAME as OPERATOR
-from pgquorum.operator.install import operator_objects
 
 
 @pytest.fixture(scope="session")
@@ -57,9 +54,6 @@ def ns(kube: LocalKube) -> Iterator[str]:
     kube.kubectl.run(["delete", "namespace", name, "--wait=false"], check=False)
 
 
-OPERATOR_NAMESPACE = "pgquorum-system"
-
-
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     report = yield
@@ -78,49 +72,26 @@ def explain_failure(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if not request.node.stash.get(_FAILED, False) or "kube" not in request.fixturenames:
         return
-    k = request.getfixturevalue("kube").kubectl
-
-    def show(argv: list[str], lines: int = 60) -> None:
-        out = k.run(argv, check=False, timeout=30)
-        print(f"\n--- kubectl {' '.join(argv)} ---")
-        print("\n".join((out.stdout + out.stderr).splitlines()[-lines:]))
-
-    clusters = k.run(["get", "postgresclusters", "-A", "-o", "json"], check=False, timeout=30)
-    for pgc in json.loads(clusters.stdout or '{"items": []}')["items"]:
-        st = pgc.get("status", {})
-        print(
-            f"\n--- {pgc['metadata']['namespace']}/{pgc['metadata']['name']}: phase {st.get('phase')}, "
-            f"leader {st.get('leader')}, term {st.get('term')}"
-        )
-        for c in st.get("conditions", []):
-            print(f"  {c['type']}={c['status']} {c.get('reason')}: {c.get('message')}")
-        for m in st.get("members", []):
-            print(f"  member {m}")
-        for pod in k.run(["-n", pgc["metadata"]["namespace"], "get", "pods", "-o", "name"], check=False).stdout.split():
-            show(["-n", pgc["metadata"]["namespace"], "logs", pod, "--all-containers", "--tail=15"], 15)
-    show(["get", "pods", "-A", "-o", "wide"])
-    show(["get", "events", "-A", "--sort-by=.lastTimestamp"], 40)
-    show(["-n", OPERATOR_NAMESPACE, "logs", "-l", f"app.kubernetes.io/name={OPERATOR}", "--prefix", "--tail=60"], 80)
+    explain(request.getfixturevalue("kube").kubectl)
 
 
 @pytest.fixture(scope="session")
 def operator(kube: LocalKube) -> str:
-    """The operator, installed as a user would (two replicas, kopf peering: one active) in
-    ``pgquorum-system`` with this checkout's image; its namespace. Installed once per cluster and
-    left installed (its ClusterRoleBinding is cluster-wide: one install per cluster, as in real
-    life); each session restarts it so it runs this checkout's code."""
+    """The operator, installed as a user would: the chart (two replicas, kopf peering: one active;
+    the bundled etcd) as release ``pgquorum`` in ``pgquorum-system`` with this checkout's image;
+    its namespace. Installed once per cluster and left installed (cluster-wide RBAC: one install
+    per cluster, as in real life); each session restarts it so it runs this checkout's code."""
     k = kube.kubectl
     kube.load_images(["pgquorum"])  # this checkout's code in the image
+    # Helm installs crds/ only when absent: apply this checkout's (tests/kube/test_chart.py keeps
+    # the chart's copy equal to them)
     k.run(
         ["apply", "--server-side", "--force-conflicts", "-f", "-"],
         stdin=yaml.safe_dump_all([postgrescluster_crd(), *peering_crds()]),
     )
     k.run(["wait", "--for=condition=Established", f"crd/{NAME}", "--timeout=60s"], timeout=70)
+    install_chart(kube)
     ns = OPERATOR_NAMESPACE
-    k.run(
-        ["apply", "-f", "-"], stdin=yaml.safe_dump({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-    )
-    k.run(["-n", ns, "apply", "-f", "-"], stdin=yaml.safe_dump_all(operator_objects(ns, PGQUORUM_IMAGE, replicas=2)))
     # new pods: the image tag is fixed, and IfNotPresent keeps a running pod on the old code
     k.run(["-n", ns, "rollout", "restart", f"deployment/{OPERATOR}"])
     k.run(["-n", ns, "rollout", "status", f"deployment/{OPERATOR}", "--timeout=180s"], timeout=190)

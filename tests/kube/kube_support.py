@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 from pgquorum.chaos import netns
-from pgquorum.kube.cluster import Kubectl
+from pgquorum.kube.cluster import Kubectl, LocalKube
 from pgquorum.kube.images import BUSYBOX_IMAGE, ETCD_IMAGE, PGQUORUM_IMAGE
 from pgquorum.kube.plan import NodePlan
+from pgquorum.kube.versions import HELM
+from pgquorum.operator.install import operator_objects
 
 NODES = 3
+CHART = Path(__file__).resolve().parents[2] / "charts" / "pgquorum"
+RELEASE = "pgquorum"  # the release the operator fixture installs (tests/kube/conftest.py)
+OPERATOR_NAMESPACE = "pgquorum-system"
 
 
 def apply(k: Kubectl, ns: str, obj: dict[str, Any]) -> None:
@@ -211,6 +218,44 @@ def stop_probe(k: Kubectl, ns: str, name: str = "probe") -> dict[str, Any]:
     return result
 
 
+def healthy(k: Kubectl, ns: str, instances: int = 3, timeout: float = 240) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        st = status(k, ns)
+        # quorum mode: also the leader's quorum record, without which no failover may promote
+        ok = st.get("phase") == "Healthy" and st.get("readyInstances") == instances and st["quorum"]["provable"]
+        return st if ok and ready_endpoints(k, ns) == [st.get("leader")] else None
+
+    got: dict[str, Any] = wait_for(f"Healthy, {instances} ready, quorum provable, -rw on the leader", check, timeout)
+    return got
+
+
+def assert_no_loss(result: dict[str, Any]) -> None:
+    assert result["acked"] > 0, result
+    assert not result["lost"] and not result["phantoms"] and not result["bank"], result
+
+
+def kill_leader_pod(k: Kubectl, ns: str) -> tuple[str, str, float]:
+    """Force-delete the leader's pod (grace 0); (old, new leader, seconds without an acked write)."""
+    old = healthy(k, ns)["leader"]
+    start_probe(k, ns)
+    # the dying agent's last words (its pod and log vanish with it): how it shut down, and when
+    tail = subprocess.Popen(k.argv(["-n", ns, "logs", "-f", old]), stdout=subprocess.PIPE, text=True)
+    time.sleep(2)
+    killed = time.time()
+    k.run(["-n", ns, "delete", "pod", old, "--grace-period=0", "--force"], check=False)
+    new = wait_for("-rw on a new leader", lambda: (e := ready_endpoints(k, ns)) and e[0] != old and e[0], timeout=60)
+    time.sleep(3)
+    tail.terminate()
+    last_words, _ = tail.communicate(timeout=10)
+    for line in last_words.splitlines():
+        if any(w in line for w in ("shutdown", "release", "stopped", "signal")):
+            print(f"  {old}: {line[:200]}")
+    result = stop_probe(k, ns)
+    assert_no_loss(result)
+    print(f"probe: {result['acked']} acked, gaps {result['gaps'][:3]}, killed at {killed:.3f}")
+    return old, new, gap_around(result, killed)
+
+
 def gap_around(result: dict[str, Any], t: float, within: float = 15.0) -> float:
     """The longest window without an acknowledged write that began around wall-clock time ``t``
     (a fault injected then: the last ack before it up to ``within`` s later, as kubectl and the
@@ -241,3 +286,103 @@ def cut_off(node: NodePlan) -> None:
 
 def heal(node: NodePlan) -> None:
     netns.nft(node.ns, ["delete", "table", "inet", CUT_TABLE])
+
+
+# ----------------------------------------------------------------------------- the Helm chart
+
+
+def helm(*args: str, kube: LocalKube | None = None, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Helm as `pgquorum kube build` built it; against ``kube``'s apiserver when given."""
+    binary = HELM.binary("helm")
+    if not binary.exists():
+        raise AssertionError(f"{binary} missing: `pgquorum kube build` builds it")
+    config = [f"--kubeconfig={kube.plan.admin_kubeconfig}"] if kube else []
+    return subprocess.run([str(binary), *config, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def image_values(image: str = PGQUORUM_IMAGE) -> list[str]:
+    repository, tag = image.rsplit(":", 1)
+    return ["--set", f"image.repository={repository}", "--set-string", f"image.tag={tag}"]
+
+
+def install_chart(kube: LocalKube, *values: str, image: str = PGQUORUM_IMAGE) -> None:
+    """``helm upgrade --install`` of the chart as release ``pgquorum`` in ``pgquorum-system`` with
+    the bundled etcd and ``values`` (more ``--set`` arguments); waits for everything to be ready.
+    Objects an earlier `pgquorum operator manifests | kubectl apply` made are adopted first (Helm
+    refuses objects it does not own; a user switching over does the same)."""
+    k = kube.kubectl
+    for obj in operator_objects(OPERATOR_NAMESPACE, image):
+        kind, name = obj["kind"].lower(), obj["metadata"]["name"]
+        if kind == "namespace":
+            continue
+        where = ["-n", OPERATOR_NAMESPACE] if "namespace" in obj["metadata"] else []
+        got = k.run([*where, "get", f"{kind}/{name}", "-o", "json"], check=False)
+        if got.returncode != 0 or "meta.helm.sh/release-name" in got.stdout:
+            continue
+        k.run(
+            [
+                *where,
+                "annotate",
+                "--overwrite",
+                f"{kind}/{name}",
+                f"meta.helm.sh/release-name={RELEASE}",
+                f"meta.helm.sh/release-namespace={OPERATOR_NAMESPACE}",
+            ]
+        )
+        k.run([*where, "label", "--overwrite", f"{kind}/{name}", "app.kubernetes.io/managed-by=Helm"])
+    proc = helm(
+        "upgrade",
+        "--install",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        "--create-namespace",
+        *image_values(image),
+        "--set",
+        "etcd.enabled=true",
+        *values,
+        "--wait",
+        "--timeout=5m",
+        kube=kube,
+        timeout=330,
+    )
+    assert proc.returncode == 0, f"helm upgrade --install failed: {proc.stderr or proc.stdout}"
+
+
+def retag(kube: LocalKube, image: str, new: str) -> None:
+    """``image`` under the reference ``new`` on every node: a real new reference to roll to,
+    without a registry."""
+    for node in kube.plan.nodes:
+        tag = ["ctr", "--address", str(node.containerd_socket), "-n", "k8s.io", "images", "tag", "--force"]
+        subprocess.run([*tag, image, new], check=True, capture_output=True, timeout=60)
+
+
+def explain(k: Kubectl) -> None:
+    """What every PostgresCluster says it waits for, its pods' last log lines, recent events and
+    the operator's last log lines: a failure in CI has to explain itself."""
+
+    def show(argv: list[str], lines: int = 60) -> None:
+        out = k.run(argv, check=False, timeout=30)
+        print(f"\n--- kubectl {' '.join(argv)} ---")
+        print("\n".join((out.stdout + out.stderr).splitlines()[-lines:]))
+
+    clusters = k.run(["get", "postgresclusters", "-A", "-o", "json"], check=False, timeout=30)
+    for pgc in json.loads(clusters.stdout or '{"items": []}')["items"]:
+        st = pgc.get("status", {})
+        print(
+            f"\n--- {pgc['metadata']['namespace']}/{pgc['metadata']['name']}: phase {st.get('phase')}, "
+            f"leader {st.get('leader')}, term {st.get('term')}"
+        )
+        for c in st.get("conditions", []):
+            print(f"  {c['type']}={c['status']} {c.get('reason')}: {c.get('message')}")
+        for m in st.get("members", []):
+            print(f"  member {m}")
+        for pod in k.run(["-n", pgc["metadata"]["namespace"], "get", "pods", "-o", "name"], check=False).stdout.split():
+            show(["-n", pgc["metadata"]["namespace"], "logs", pod, "--all-containers", "--tail=15"], 15)
+    show(["get", "pods", "-A", "-o", "wide"])
+    show(["get", "events", "-A", "--sort-by=.lastTimestamp"], 40)
+    show(
+        ["-n", OPERATOR_NAMESPACE, "logs", "-l", "app.kubernetes.io/name=pgquorum-operator", "--prefix", "--tail=60"],
+        80,
+    )

@@ -9,7 +9,6 @@ removes what it made (PVCs retained). Times are printed as ``MEASURE`` lines."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,12 +17,16 @@ from typing import Any
 
 import pytest
 from kube_support import (
+    assert_no_loss,
     client_pod,
     cut_off,
     etcd_pod,
     gap_around,
     heal,
+    healthy,
+    kill_leader_pod,
     ready_endpoints,
+    retag,
     sql,
     start_probe,
     status,
@@ -87,44 +90,6 @@ def test_a_cluster_of_three_becomes_ready_with_one_leader_and_a_writable_rw(
     assert ok and out.endswith("1"), out
     pods = k.json(["-n", ns, "get", "pods", "-l", "pgquorum.io/cluster=db"])["items"]
     assert len({p["spec"]["nodeName"] for p in pods}) == 3  # preferred anti-affinity spread them
-
-
-def healthy(k: Kubectl, ns: str, instances: int = 3, timeout: float = 240) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        st = status(k, ns)
-        # quorum mode: also the leader's quorum record, without which no failover may promote
-        ok = st.get("phase") == "Healthy" and st.get("readyInstances") == instances and st["quorum"]["provable"]
-        return st if ok and ready_endpoints(k, ns) == [st.get("leader")] else None
-
-    got: dict[str, Any] = wait_for(f"Healthy, {instances} ready, quorum provable, -rw on the leader", check, timeout)
-    return got
-
-
-def assert_no_loss(result: dict[str, Any]) -> None:
-    assert result["acked"] > 0, result
-    assert not result["lost"] and not result["phantoms"] and not result["bank"], result
-
-
-def kill_leader_pod(k: Kubectl, ns: str) -> tuple[str, str, float]:
-    """Force-delete the leader's pod (grace 0); (old, new leader, seconds without an acked write)."""
-    old = healthy(k, ns)["leader"]
-    start_probe(k, ns)
-    # the dying agent's last words (its pod and log vanish with it): how it shut down, and when
-    tail = subprocess.Popen(k.argv(["-n", ns, "logs", "-f", old]), stdout=subprocess.PIPE, text=True)
-    time.sleep(2)
-    killed = time.time()
-    k.run(["-n", ns, "delete", "pod", old, "--grace-period=0", "--force"], check=False)
-    new = wait_for("-rw on a new leader", lambda: (e := ready_endpoints(k, ns)) and e[0] != old and e[0], timeout=60)
-    time.sleep(3)
-    tail.terminate()
-    last_words, _ = tail.communicate(timeout=10)
-    for line in last_words.splitlines():
-        if any(w in line for w in ("shutdown", "release", "stopped", "signal")):
-            print(f"  {old}: {line[:200]}")
-    result = stop_probe(k, ns)
-    assert_no_loss(result)
-    print(f"probe: {result['acked']} acked, gaps {result['gaps'][:3]}, killed at {killed:.3f}")
-    return old, new, gap_around(result, killed)
 
 
 def assert_failover_event(k: Kubectl, ns: str, old: str, new: str, timeout: float = 60) -> None:
@@ -207,9 +172,7 @@ def test_a_rolling_image_update_keeps_every_write(kube: LocalKube, db: tuple[str
     ns, _ = db
     leader = healthy(k, ns)["leader"]
     rolled = f"{PGQUORUM_IMAGE}-rolled"
-    for node in kube.plan.nodes:  # the same image under a new name: a real new reference
-        tag = ["ctr", "--address", str(node.containerd_socket), "-n", "k8s.io", "images", "tag", "--force"]
-        subprocess.run([*tag, PGQUORUM_IMAGE, rolled], check=True, capture_output=True, timeout=60)
+    retag(kube, PGQUORUM_IMAGE, rolled)
     start_probe(k, ns)
     started = time.monotonic()
     k.run(["-n", ns, "patch", "pgq", "db", "--type=merge", "-p", json.dumps({"spec": {"image": rolled}})])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +102,33 @@ def test_a_wildcard_listen_host_needs_the_host_others_connect_to(tmp_path: Path)
     cfg = config_from_dict({**base, "postgres": {**base["postgres"], "connect_host": "pg-0.main.db.svc"}})  # type: ignore[dict-item]
     assert cfg.postgres.advertised_host == "pg-0.main.db.svc"
     assert config_from_dict({**base, "postgres": {"data_dir": str(tmp_path)}}).postgres.advertised_host == "127.0.0.1"
+
+
+def test_the_advertised_host_comes_from_the_environment_when_named() -> None:
+    from pgquorum.agent.config import with_advertised_host
+
+    data = good(api_listen="0.0.0.0:8008", api_url="http://pg1.db.ns.svc:8008", advertise_host_env="POD_IP")
+    data["postgres"] = {**data["postgres"], "listen_host": "0.0.0.0", "connect_host": "pg1.db.ns.svc"}
+    cfg = with_advertised_host(config_from_dict(data), {"POD_IP": "10.244.1.7"})
+    assert cfg.api_url == "http://10.244.1.7:8008" and cfg.postgres.connect_host == "10.244.1.7"
+    v6 = with_advertised_host(config_from_dict(data), {"POD_IP": "fd00::7"})
+    assert v6.api_url == "http://[fd00::7]:8008" and v6.postgres.connect_host == "fd00::7"
+    # not named: nothing read from the environment
+    plain = config_from_dict(good())
+    assert with_advertised_host(plain, {"POD_IP": "10.0.0.1"}) == plain
+
+
+@pytest.mark.parametrize(
+    ("environ", "var", "says"),
+    [
+        ({}, "POD_IP", "advertise_host_env: the environment variable POD_IP is unset or empty"),
+        ({"POD_IP": " "}, "POD_IP", "unset or empty"),
+        ({"POD_IP": "a/b"}, "POD_IP", "'a/b'"),
+        ({}, "POD-IP", "not an environment variable name"),
+    ],
+)
+def test_a_missing_advertised_host_is_refused_naming_the_setting(environ: dict[str, str], var: str, says: str) -> None:
+    from pgquorum.agent.config import with_advertised_host
+
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        with_advertised_host(config_from_dict(good(advertise_host_env=var)), environ)

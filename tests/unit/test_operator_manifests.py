@@ -34,3 +34,13 @@ def test_a_member_still_present_after_a_scale_down_keeps_its_config_and_the_pdb_
     assert shared("PodDisruptionBudget", 3, 1, present)["spec"]["minAvailable"] == 3  # of 4 voters wanted
     # gone: the key goes with it
     assert "db-4.yaml" not in shared("ConfigMap", 3, 1, ("db-0", "db-1", "db-2"))["data"]
+
+
+def test_members_advertise_their_pod_ip_not_a_cached_dns_name() -> None:
+    cs = parse_spec({"etcd": {"endpoints": ["http://etcd:2379"]}, "instances": 3, "witnesses": 1}, "db")
+    for pod, kind in (("db-1", manifests.MemberKind.DATA), ("db-w0", manifests.MemberKind.WITNESS)):
+        container = manifests.member_pod(cs, IDENT, pod, kind).body["spec"]["containers"][0]
+        (env,) = [e for e in container["env"] if e["name"] == manifests.POD_IP_ENV]
+        assert env["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+        config = yaml.safe_load(shared("ConfigMap", 3, 1)["data"][f"{pod}.yaml"])
+        assert config["advertise_host_env"] == manifests.POD_IP_ENV
