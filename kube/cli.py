@@ -6,6 +6,7 @@ pgquorum kube kubeconfig [--path]
 pgquorum kube down [--destroy]
 pgquorum kube build                                     # only build binaries and images into the cache
 pgquorum kube load [--only pgquorum]                    # rebuild changed images, import into every node
+pgquorum kube install [--etcd] [--set KEY=VALUE ...]    # the Helm chart, this checkout's image, onto it
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ def configure_parser(kube: argparse.ArgumentParser) -> None:
     common(sub.add_parser("build", help="build the Kubernetes binaries, Helm and the images into the cache"))
     load = common(sub.add_parser("load", help="rebuild changed images and import them into every running node"))
     load.add_argument("--only", action="append", metavar="IMAGE", help="only this image (e.g. pgquorum); repeatable")
+    inst = common(
+        sub.add_parser(
+            "install",
+            help="helm upgrade --install the chart (release pgquorum in pgquorum-system) with this checkout's "
+            "image, then restart the operator so it runs it",
+        )
+    )
+    inst.add_argument("--etcd", action="store_true", help="with the bundled 3-member etcd (etcd.enabled=true)")
+    inst.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a chart value; repeatable")
 
 
 def _plan(args: argparse.Namespace, nodes: int | None = None) -> Any:
@@ -87,6 +97,8 @@ def _local(args: argparse.Namespace) -> int:
         for archive in images.ensure_images(print):
             print(archive)
         return 0
+    if cmd == "install":
+        return _install(args)
     if cmd == "up":
         kube = _plan(args, args.nodes)
         kube.plan.state_dir.mkdir(parents=True, exist_ok=True)
@@ -182,3 +194,24 @@ def _print_status(status: dict[str, Any], as_json: bool) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows))
     print(f"\nexport KUBECONFIG={status['kubeconfig']}   # kubectl: {status['kubectl']}")
+
+
+def _install(args: argparse.Namespace) -> int:
+    from pgquorum.kube.chart_install import NAMESPACE, install_chart
+
+    for value in args.set:
+        if "=" not in value or not value.split("=", 1)[0]:
+            print(
+                f"pgquorum kube install: --set {value!r}: expected KEY=VALUE, e.g. operator.replicas=3", file=sys.stderr
+            )
+            return 2
+    kube = _plan(args)
+    values = [v for item in args.set for v in ("--set", item)]
+    if args.etcd:
+        values += ["--set", "etcd.enabled=true"]
+    kube.load_images(["pgquorum"])
+    print(install_chart(kube.kubectl, values).strip())
+    k = kube.kubectl
+    k.run(["-n", NAMESPACE, "rollout", "restart", "deployment/pgquorum-operator"])
+    k.run(["-n", NAMESPACE, "rollout", "status", "deployment/pgquorum-operator", "--timeout=180s"], timeout=190)
+    return 0

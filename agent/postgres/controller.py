@@ -517,9 +517,14 @@ class PostgresController:
                 return self._wait_ready(deadline, respawn=False)
             self.write_config(self.configured_upstream())
             # Left by a killed postmaster; postgres itself would refuse to start if the pid in it
-            # now belongs to another process of the postgres user (pid reuse in containers).
-            with contextlib.suppress(FileNotFoundError):
-                (self.data_dir / "postmaster.pid").unlink()
+            # now belongs to another process of the postgres user (pid reuse in containers). The
+            # socket's lock file likewise: our socket directory is ours alone, and on Kubernetes it
+            # sits on the volume, so a pod force-deleted left one naming a pid that in the new
+            # container is one of the agent's own threads (measured: the recreated member could
+            # never start postgres again).
+            for stale in (self.data_dir / "postmaster.pid", self.socket_dir / f".s.PGSQL.{self.settings.port}.lock"):
+                with contextlib.suppress(FileNotFoundError):
+                    stale.unlink()
             self._spawn()
             return self._wait_ready(deadline, respawn=True)
 

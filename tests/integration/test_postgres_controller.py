@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import stat
+import subprocess
 import tempfile
 import threading
 import time
@@ -241,6 +242,33 @@ def test_rewind_after_unclean_stop(make: Factory) -> None:
     assert a.start(timeout=30) is True
     wait_until(lambda: a.state().streaming and a.state().timeline == 2, what="a streaming on timeline 2")
     wait_until(lambda: sorted(sql(a, "SELECT v FROM t")) == [("before",), ("kept",)], what="a has b's data")
+
+
+def test_a_killed_postmasters_lock_files_naming_a_live_process_do_not_stop_a_restart(make: Factory) -> None:
+    """On Kubernetes a force-deleted pod leaves postmaster.pid and the socket's lock file on the
+    volume; in the new container their pid is another live process of the same user (there: one of
+    the agent's own threads), and postgres refuses to start over either."""
+    a = make("a")
+    a.bootstrap()
+    pid = a.postmaster_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    assert a.exited.wait(5)
+    user = a.user
+    squatter = subprocess.Popen(
+        ["sleep", "60"],
+        **({"user": user.uid, "group": user.gid} if user.switch else {}),  # type: ignore[arg-type]
+    )
+    try:
+        lock = a.socket_dir / f".s.PGSQL.{a.settings.port}.lock"
+        for path in (a.data_dir / "postmaster.pid", lock):
+            text = path.read_text().splitlines() if path.exists() else [str(pid)]
+            path.write_text("\n".join([str(squatter.pid), *text[1:]]) + "\n")
+        assert a.start(timeout=30) is True
+        assert sql(a, "SELECT 1") == [(1,)]
+    finally:
+        squatter.kill()
+        squatter.wait()
 
 
 def test_fence_is_bounded_and_stops_writes(make: Factory) -> None:

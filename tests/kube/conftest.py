@@ -11,14 +11,11 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-import yaml
 from kube_support import NODES, OPERATOR_NAMESPACE, explain, install_chart
 
 from pgquorum.kube import host
 from pgquorum.kube.cluster import LocalKube
 from pgquorum.kube.plan import plan_cluster
-from pgquorum.operator.cli import peering_crds
-from pgquorum.operator.crd import NAME, postgrescluster_crd
 from pgquorum.operator.install import NAME as OPERATOR
 
 
@@ -83,13 +80,6 @@ def operator(kube: LocalKube) -> str:
     per cluster, as in real life); each session restarts it so it runs this checkout's code."""
     k = kube.kubectl
     kube.load_images(["pgquorum"])  # this checkout's code in the image
-    # Helm installs crds/ only when absent: apply this checkout's (tests/kube/test_chart.py keeps
-    # the chart's copy equal to them)
-    k.run(
-        ["apply", "--server-side", "--force-conflicts", "-f", "-"],
-        stdin=yaml.safe_dump_all([postgrescluster_crd(), *peering_crds()]),
-    )
-    k.run(["wait", "--for=condition=Established", f"crd/{NAME}", "--timeout=60s"], timeout=70)
     install_chart(kube)
     ns = OPERATOR_NAMESPACE
     # new pods: the image tag is fixed, and IfNotPresent keeps a running pod on the old code

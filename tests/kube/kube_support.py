@@ -9,16 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from pgquorum.chaos import netns
+from pgquorum.kube import chart_install
 from pgquorum.kube.cluster import Kubectl, LocalKube
 from pgquorum.kube.images import BUSYBOX_IMAGE, ETCD_IMAGE, PGQUORUM_IMAGE
 from pgquorum.kube.plan import NodePlan
 from pgquorum.kube.versions import HELM
-from pgquorum.operator.install import operator_objects
 
 NODES = 3
 CHART = Path(__file__).resolve().parents[2] / "charts" / "pgquorum"
-RELEASE = "pgquorum"  # the release the operator fixture installs (tests/kube/conftest.py)
-OPERATOR_NAMESPACE = "pgquorum-system"
+RELEASE = chart_install.RELEASE  # the release the operator fixture installs (tests/kube/conftest.py)
+OPERATOR_NAMESPACE = chart_install.NAMESPACE
 
 
 def apply(k: Kubectl, ns: str, obj: dict[str, Any]) -> None:
@@ -300,54 +300,10 @@ def helm(*args: str, kube: LocalKube | None = None, timeout: float = 60.0) -> su
     return subprocess.run([str(binary), *config, *args], capture_output=True, text=True, timeout=timeout)
 
 
-def image_values(image: str = PGQUORUM_IMAGE) -> list[str]:
-    repository, tag = image.rsplit(":", 1)
-    return ["--set", f"image.repository={repository}", "--set-string", f"image.tag={tag}"]
-
-
 def install_chart(kube: LocalKube, *values: str, image: str = PGQUORUM_IMAGE) -> None:
-    """``helm upgrade --install`` of the chart as release ``pgquorum`` in ``pgquorum-system`` with
-    the bundled etcd and ``values`` (more ``--set`` arguments); waits for everything to be ready.
-    Objects an earlier `pgquorum operator manifests | kubectl apply` made are adopted first (Helm
-    refuses objects it does not own; a user switching over does the same)."""
-    k = kube.kubectl
-    for obj in operator_objects(OPERATOR_NAMESPACE, image):
-        kind, name = obj["kind"].lower(), obj["metadata"]["name"]
-        if kind == "namespace":
-            continue
-        where = ["-n", OPERATOR_NAMESPACE] if "namespace" in obj["metadata"] else []
-        got = k.run([*where, "get", f"{kind}/{name}", "-o", "json"], check=False)
-        if got.returncode != 0 or "meta.helm.sh/release-name" in got.stdout:
-            continue
-        k.run(
-            [
-                *where,
-                "annotate",
-                "--overwrite",
-                f"{kind}/{name}",
-                f"meta.helm.sh/release-name={RELEASE}",
-                f"meta.helm.sh/release-namespace={OPERATOR_NAMESPACE}",
-            ]
-        )
-        k.run([*where, "label", "--overwrite", f"{kind}/{name}", "app.kubernetes.io/managed-by=Helm"])
-    proc = helm(
-        "upgrade",
-        "--install",
-        RELEASE,
-        str(CHART),
-        "--namespace",
-        OPERATOR_NAMESPACE,
-        "--create-namespace",
-        *image_values(image),
-        "--set",
-        "etcd.enabled=true",
-        *values,
-        "--wait",
-        "--timeout=5m",
-        kube=kube,
-        timeout=330,
-    )
-    assert proc.returncode == 0, f"helm upgrade --install failed: {proc.stderr or proc.stdout}"
+    """The chart as release ``pgquorum`` in ``pgquorum-system`` with the bundled etcd and ``values``
+    (more ``--set`` arguments), as ``pgquorum kube install`` does it; waits for everything."""
+    chart_install.install_chart(kube.kubectl, ["--set", "etcd.enabled=true", *values], image=image)
 
 
 def retag(kube: LocalKube, image: str, new: str) -> None:

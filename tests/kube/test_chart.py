@@ -35,6 +35,7 @@ from kube_support import (
 
 from pgquorum.kube.cluster import Kubectl, LocalKube
 from pgquorum.kube.images import PGQUORUM_IMAGE
+from pgquorum.kube.manifests_bundle import BUNDLES, render_bundle
 from pgquorum.operator.cli import peering_crds
 from pgquorum.operator.crd import postgrescluster_crd
 from pgquorum.operator.install import NAME as OPERATOR
@@ -67,9 +68,42 @@ def by_name(objects: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, An
     return {(o["kind"], o["metadata"]["name"]): o for o in objects}
 
 
+DASHBOARD = ("ConfigMap", "pgquorum-dashboard")
+MONITORING_APIS = ["--api-versions", "monitoring.coreos.com/v1/PodMonitor"]
+MONITORING_APIS += ["--api-versions", "monitoring.coreos.com/v1/PrometheusRule"]
+
+
 def test_rendered_with_the_defaults_it_is_what_the_operator_installs() -> None:
     expected = [o for o in operator_objects("pgquorum-system", PGQUORUM_IMAGE, replicas=2) if o["kind"] != "Namespace"]
-    assert by_name(rendered()) == by_name(expected)
+    got = by_name(rendered())
+    assert got.pop(DASHBOARD)["metadata"]["labels"] == {"grafana_dashboard": "1"}
+    assert got == by_name(expected)
+
+
+def test_monitoring_objects_are_rendered_only_where_their_crds_exist() -> None:
+    without = by_name(rendered("--set", "etcd.enabled=true"))
+    assert not [key for key in without if key[0] in ("PodMonitor", "PrometheusRule")]
+    got = by_name(rendered("--set", "etcd.enabled=true", *MONITORING_APIS))
+    agents = got[("PodMonitor", "pgquorum-agents")]["spec"]
+    assert agents["namespaceSelector"] == {"any": True}
+    assert agents["podMetricsEndpoints"][0]["port"] == "api"  # the member pods' API port serves /metrics
+    assert got[("PodMonitor", "pgquorum-etcd")]["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    alerts = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+    assert got[("PrometheusRule", "pgquorum")]["spec"] == alerts
+    dashboard = json.loads(got[DASHBOARD]["data"]["pgquorum.json"])
+    assert dashboard == json.loads((CHART / "files" / "dashboard.json").read_text())
+    off = by_name(
+        rendered(
+            "--set",
+            "monitoring.podMonitor.enabled=false",
+            "--set",
+            "monitoring.dashboard.enabled=false",
+            *MONITORING_APIS,
+        )
+    )
+    assert (
+        ("PodMonitor", "pgquorum-agents") not in off and DASHBOARD not in off and ("PrometheusRule", "pgquorum") in off
+    )
 
 
 def test_values_reach_the_deployment() -> None:
@@ -90,6 +124,9 @@ def test_values_reach_the_deployment() -> None:
         ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
         ("nope=1", "additional properties 'nope' not allowed"),
         ("operator.replica=2", "additional properties 'replica' not allowed"),
+        ("etcd.replicas=2", "/etcd/replicas"),
+        ("monitoring.podMonitor.interval=often", "/monitoring/podMonitor/interval"),
+        ("exampleCluster.name=Bad_Name", "/exampleCluster/name"),
     ],
 )
 def test_a_wrong_value_fails_naming_the_key(value: str, says: str) -> None:
@@ -122,6 +159,16 @@ def test_the_example_cluster_needs_an_etcd() -> None:
     hooks = by_name(rendered("--set", "exampleCluster.enabled=true", "--set", "etcd.enabled=true", hooks=True))
     # the pre-delete hook that lets the operator remove it; helm test
     assert {("Job", "pgquorum-uninstall"), ("Pod", "pgquorum-test-write-read")} <= set(hooks)
+
+
+MANIFESTS = CHART.parents[1] / "manifests"
+
+
+def test_the_manifests_bundles_are_the_chart_rendered() -> None:
+    for name, values in BUNDLES.items():
+        assert (MANIFESTS / name).read_text() == render_bundle(values, CHART), (
+            f"manifests/{name} differs from the chart: run scripts/render-manifests"
+        )
 
 
 # ----------------------------------------------------------------------------- on the real cluster
@@ -226,3 +273,20 @@ def test_the_chart_installs_fails_over_upgrades_rolls_back_and_uninstalls(kube: 
         k.run(["-n", ns, "delete", "pod", "probe", "--ignore-not-found"], check=False)
         k.run(["-n", ns, "delete", "pvc", "--all", "--wait=true"], check=False, timeout=120)
         install_chart(kube)
+
+
+def test_the_bundles_and_the_examples_pass_the_apiservers_dry_run(kube: LocalKube, operator: str, ns: str) -> None:
+    k = kube.kubectl
+    for name in BUNDLES:
+        # server-side, as the bundle's header says; the operator fixture's release already owns these
+        out = k.run(
+            ["apply", "--server-side", "--force-conflicts", "--dry-run=server", "-f", str(MANIFESTS / name)],
+            check=False,
+            timeout=60,
+        )
+        assert out.returncode == 0, f"manifests/{name}: {out.stderr}"
+    examples = sorted((MANIFESTS / "examples").glob("*.yaml"))
+    assert len(examples) == 3
+    for path in examples:
+        out = k.run(["-n", ns, "apply", "--dry-run=server", "-f", str(path)], check=False)
+        assert out.returncode == 0, f"{path.name}: {out.stderr}"
