@@ -162,6 +162,32 @@ def test_the_example_cluster_needs_an_etcd() -> None:
 
 
 MANIFESTS = CHART.parents[1] / "manifests"
+KUBERNETES_SCHEMAS = "1.34.0"
+CUSTOM_KINDS = {"ClusterKopfPeering", "PostgresCluster", "PodMonitor", "PrometheusRule"}
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        ["--set", "etcd.enabled=true", "--set", "exampleCluster.enabled=true", *MONITORING_APIS],
+        ["--set", "etcd.enabled=true", "--set", "etcd.antiAffinity=required", "--set", "etcd.replicas=5"],
+    ],
+)
+def test_every_rendered_object_is_valid_against_the_kubernetes_1_34_schemas(values: list[str]) -> None:
+    import kubernetes_validate
+
+    objects = rendered(*values) + rendered(*values, hooks=True)
+    checked = 0
+    for obj in objects:
+        if obj["kind"] in CUSTOM_KINDS:
+            continue  # their CRDs' schemas: the apiserver checks those (test_monitoring, test_crd)
+        try:
+            kubernetes_validate.validate(obj, KUBERNETES_SCHEMAS, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            raise AssertionError(f"{obj['kind']} {obj['metadata']['name']}: {exc.message}") from None
+        checked += 1
+    assert checked >= 5
 
 
 def test_the_manifests_bundles_are_the_chart_rendered() -> None:

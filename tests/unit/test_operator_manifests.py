@@ -44,3 +44,29 @@ def test_members_advertise_their_pod_ip_not_a_cached_dns_name() -> None:
         assert env["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
         config = yaml.safe_load(shared("ConfigMap", 3, 1)["data"][f"{pod}.yaml"])
         assert config["advertise_host_env"] == manifests.POD_IP_ENV
+
+
+def test_every_object_the_operator_makes_is_valid_against_the_kubernetes_1_34_schemas() -> None:
+    import kubernetes_validate
+
+    spec = {
+        "etcd": {"endpoints": ["http://etcd:2379"]},
+        "instances": 3,
+        "witnesses": 1,
+        "stonith": {"kubernetes": {"deletePod": True, "taintNode": True}},
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+        "antiAffinity": "required",
+    }
+    target = manifests.target(parse_spec(spec, "db"), IDENT, ())
+    objects = [m.body for m in target.shared] + [
+        manifests.member_pod(parse_spec(spec, "db"), IDENT, pod, kind).body
+        for pod, kind in (("db-0", manifests.MemberKind.DATA), ("db-w0", manifests.MemberKind.WITNESS))
+    ]
+    kinds = set()
+    for obj in objects:
+        try:
+            kubernetes_validate.validate(obj, "1.34.0", strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            raise AssertionError(f"{obj['kind']} {obj['metadata']['name']}: {exc.message}") from None
+        kinds.add(obj["kind"])
+    assert {"Pod", "Service", "ConfigMap", "PodDisruptionBudget", "Role", "RoleBinding"} <= kinds
