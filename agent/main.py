@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pgquorum.agent import resolver
 from pgquorum.agent.api.server import ApiServer
 from pgquorum.agent.clock import SystemClock
 from pgquorum.agent.config import AgentConfig, load_config
@@ -64,6 +65,7 @@ def build(cfg: AgentConfig) -> tuple[HaLoop | WitnessLoop, ApiServer]:
 def run_agent(config_path: Path) -> int:
     cfg = load_config(config_path)  # ConfigError is turned into a one-line message by the CLI
     setup_logging(cfg.name, cfg.log_level)
+    resolver.install()  # a stalled DNS server must not stall the loop (agent/resolver.py)
     if os.geteuid() == 0 and cfg.postgres.run_as is None and not cfg.witness:
         log.info("running as root: postgres commands run as the 'postgres' user", extra={"event": "start"})
     loop, api = build(cfg)
