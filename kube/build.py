@@ -101,20 +101,25 @@ def _go_mod_download(module: str, version: str, cwd: Path, field: str) -> str:
     return match.group(1)
 
 
-def _finish(component: Component, started: float, progress: Progress) -> None:
-    component.marker.write_text(f"built in {time.monotonic() - started:.0f} s\n")
-    os.chmod(component.directory, 0o755)
-    progress(f"{component.name} {component.version}: built in {time.monotonic() - started:.0f} s")
-
-
-def build_kubernetes(progress: Progress = print, component: Component = KUBERNETES) -> Component:
-    """The five Kubernetes binaries and kubectl into ``component.bin_dir`` (once per version)."""
+def _once(component: Component, progress: Progress, build: Callable[[Path], None]) -> Component:
+    """Run ``build(work_dir)`` unless ``component`` is complete, under its lock; then mark it complete."""
     with locked(component.directory.parent / f".{component.directory.name}.lock"):
         if component.complete:
             return component
         started = time.monotonic()
         work = component.directory / "src"
         work.mkdir(parents=True, exist_ok=True)
+        build(work)
+        component.marker.write_text(f"built in {time.monotonic() - started:.0f} s\n")
+        os.chmod(component.directory, 0o755)
+        progress(f"{component.name} {component.version}: built in {time.monotonic() - started:.0f} s")
+        return component
+
+
+def build_kubernetes(progress: Progress = print, component: Component = KUBERNETES) -> Component:
+    """The five Kubernetes binaries and kubectl into ``component.bin_dir`` (once per version)."""
+
+    def build(work: Path) -> None:
         progress(f"kubernetes {component.version}: resolving modules (cold: several minutes)")
         staging = staging_modules(_download_go_mod("k8s.io/kubernetes", component.version, work))
         write_module(work, kubernetes_wrapper_go_mod(component.version, staging))
@@ -127,23 +132,19 @@ def build_kubernetes(progress: Progress = print, component: Component = KUBERNET
                 ldflags=kubernetes_ldflags(component.version),
             )
             progress(f"kubernetes {component.version}: {name} built in {time.monotonic() - t0:.0f} s")
-        _finish(component, started, progress)
-        return component
+
+    return _once(component, progress, build)
 
 
 def build_helm(progress: Progress = print, component: Component = HELM) -> Component:
-    with locked(component.directory.parent / f".{component.directory.name}.lock"):
-        if component.complete:
-            return component
-        started = time.monotonic()
-        work = component.directory / "src"
+    def build(work: Path) -> None:
         write_module(work, helm_wrapper_go_mod(component.version))
         progress(f"helm {component.version}: building")
         go_build(
             "helm.sh/helm/v4/cmd/helm", component.binary("helm"), cwd=work, ldflags=helm_ldflags(component.version)
         )
-        _finish(component, started, progress)
-        return component
+
+    return _once(component, progress, build)
 
 
 MONITORING_CRD_FILES = ("podmonitors", "servicemonitors", "prometheusrules", "probes")
@@ -155,12 +156,8 @@ def monitoring_crd_paths(component: Component = MONITORING_CRDS) -> list[Path]:
 
 def fetch_monitoring_crds(progress: Progress = print, component: Component = MONITORING_CRDS) -> Component:
     """prometheus-operator's monitoring CRDs out of its module into ``<component>/crds`` (once)."""
-    with locked(component.directory.parent / f".{component.directory.name}.lock"):
-        if component.complete:
-            return component
-        started = time.monotonic()
-        work = component.directory / "src"
-        work.mkdir(parents=True, exist_ok=True)
+
+    def build(work: Path) -> None:
         progress(f"prometheus-operator {component.version}: fetching its CRDs")
         module = Path(
             _go_mod_download("github.com/prometheus-operator/prometheus-operator", component.version, work, "Dir")
@@ -171,8 +168,8 @@ def fetch_monitoring_crds(progress: Progress = print, component: Component = MON
                 raise BuildError(f"prometheus-operator v{component.version}: no {source.name} in its module")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(source.read_bytes())
-        _finish(component, started, progress)
-        return component
+
+    return _once(component, progress, build)
 
 
 def build_all(progress: Progress = print) -> None:

@@ -9,14 +9,13 @@ a user switching to the chart does the same). Then ``helm upgrade --install --wa
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Sequence
 
 import yaml
 
 from pgquorum.kube.cluster import ClusterError, Kubectl
+from pgquorum.kube.helm import run_helm
 from pgquorum.kube.images import PGQUORUM_IMAGE, source_root
-from pgquorum.kube.versions import HELM
 
 RELEASE = "pgquorum"
 NAMESPACE = "pgquorum-system"
@@ -56,13 +55,11 @@ def _adopt(k: Kubectl, image: str) -> list[str]:
 
 def install_chart(k: Kubectl, values: Sequence[str] = (), image: str = PGQUORUM_IMAGE, timeout: float = 300) -> str:
     """``helm upgrade --install`` of the chart as release ``pgquorum`` in ``pgquorum-system`` with
-    ``image`` and ``values`` (more ``--set`` arguments); returns Helm's output. Raises ClusterError."""
+    ``image`` and ``values`` (more ``--set`` arguments); returns Helm's output. Raises ClusterError
+    (BuildError when Helm is not built)."""
     from pgquorum.operator.cli import peering_crds
     from pgquorum.operator.crd import NAME, postgrescluster_crd
 
-    binary = HELM.binary("helm")
-    if not binary.exists():
-        raise ClusterError(f"{binary} missing: `pgquorum kube build` builds it")
     k.run(
         ["apply", "--server-side", "--force-conflicts", "-f", "-"],
         stdin=yaml.safe_dump_all([postgrescluster_crd(), *peering_crds()]),
@@ -82,12 +79,7 @@ def install_chart(k: Kubectl, values: Sequence[str] = (), image: str = PGQUORUM_
         "--wait",
         f"--timeout={int(timeout)}s",
     ]
-    proc = subprocess.run(
-        [str(binary), f"--kubeconfig={k.plan.admin_kubeconfig}", *argv],
-        capture_output=True,
-        text=True,
-        timeout=timeout + 30,
-    )
+    proc = run_helm(argv, k.plan.admin_kubeconfig, timeout=timeout + 30)
     if proc.returncode != 0:
         raise ClusterError(f"helm {' '.join(argv[:3])} failed: {(proc.stderr or proc.stdout).strip()}")
     return proc.stdout

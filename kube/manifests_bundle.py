@@ -8,14 +8,13 @@ the chart tests render them again and compare.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import yaml
 
 from pgquorum.cache import BuildError
+from pgquorum.kube.helm import run_helm
 from pgquorum.kube.images import source_root
-from pgquorum.kube.versions import HELM
 
 NAMESPACE = "pgquorum-system"
 RELEASE = "pgquorum"
@@ -31,15 +30,7 @@ HEADER = (
 
 def render_bundle(values: tuple[str, ...], chart: Path | None = None) -> str:
     chart = chart or source_root() / "charts" / "pgquorum"
-    binary = HELM.binary("helm")
-    if not binary.exists():
-        raise BuildError(f"{binary} missing: `pgquorum kube build` builds it")
-    proc = subprocess.run(
-        [str(binary), "template", RELEASE, str(chart), "--namespace", NAMESPACE, "--include-crds", *values],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_helm(["template", RELEASE, str(chart), "--namespace", NAMESPACE, "--include-crds", *values])
     if proc.returncode != 0:
         raise BuildError(f"helm template failed: {proc.stderr.strip()}")
     docs = [d for d in yaml.safe_load_all(proc.stdout) if d]

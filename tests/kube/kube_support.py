@@ -11,9 +11,9 @@ from typing import Any
 from pgquorum.chaos import netns
 from pgquorum.kube import chart_install
 from pgquorum.kube.cluster import Kubectl, LocalKube
+from pgquorum.kube.helm import run_helm
 from pgquorum.kube.images import BUSYBOX_IMAGE, ETCD_IMAGE, PGQUORUM_IMAGE
 from pgquorum.kube.plan import NodePlan
-from pgquorum.kube.versions import HELM
 
 NODES = 3
 CHART = Path(__file__).resolve().parents[2] / "charts" / "pgquorum"
@@ -293,11 +293,7 @@ def heal(node: NodePlan) -> None:
 
 def helm(*args: str, kube: LocalKube | None = None, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     """Helm as `pgquorum kube build` built it; against ``kube``'s apiserver when given."""
-    binary = HELM.binary("helm")
-    if not binary.exists():
-        raise AssertionError(f"{binary} missing: `pgquorum kube build` builds it")
-    config = [f"--kubeconfig={kube.plan.admin_kubeconfig}"] if kube else []
-    return subprocess.run([str(binary), *config, *args], capture_output=True, text=True, timeout=timeout)
+    return run_helm(args, kube.plan.admin_kubeconfig if kube else None, timeout)
 
 
 def install_chart(kube: LocalKube, *values: str, image: str = PGQUORUM_IMAGE) -> None:
