@@ -96,6 +96,9 @@ class LeaderStatus:
     term: int
     timeline: int
     wal_lsn: int
+    # Who wrote it (None in keys written before agents recorded it): with no quorum record yet,
+    # only this member may retake the key under durability required (quorum/candidate.py).
+    leader: str | None = None
     # etcd revision of the key when read (not stored, not part of equality): the leader's heartbeat
     mod_revision: int = field(default=0, compare=False)
 

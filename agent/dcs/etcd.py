@@ -512,7 +512,9 @@ class EtcdDCS:
 
     @_guarded
     def write_status(self, status: LeaderStatus) -> None:
-        body = {"term": status.term, "timeline": status.timeline, "wal_lsn": status.wal_lsn}
+        body: dict[str, object] = {"term": status.term, "timeline": status.timeline, "wal_lsn": status.wal_lsn}
+        if status.leader is not None:
+            body["leader"] = status.leader
         self._txn([], [_put(self.base + "status", json.dumps(body, sort_keys=True))], self._deadline())
 
     @_guarded
@@ -598,7 +600,13 @@ def _parse(key: str, parse: Callable[[str], _R], value: str) -> _R | None:
 
 def _status_from_json(raw: str) -> LeaderStatus:
     data = json.loads(raw)
-    return LeaderStatus(term=int(data["term"]), timeline=int(data["timeline"]), wal_lsn=int(data["wal_lsn"]))
+    leader = data.get("leader") if isinstance(data, dict) else None
+    return LeaderStatus(
+        term=int(data["term"]),
+        timeline=int(data["timeline"]),
+        wal_lsn=int(data["wal_lsn"]),
+        leader=leader if isinstance(leader, str) and leader else None,
+    )
 
 
 def _config_from_json(raw: str) -> dict[str, Any]:

@@ -115,6 +115,7 @@ class PublishStatus:
     timeline: int
     wal_lsn: int
     slot_members: tuple[str, ...]
+    leader: str  # this member: recorded in the key (see LeaderStatus.leader)
 
 
 @dataclass(frozen=True)

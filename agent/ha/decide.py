@@ -453,7 +453,7 @@ def _lead(inp: Inputs, cluster: ClusterState) -> Decision:
     others = tuple(x.name for x in cluster.members if x.name != inp.me and not x.witness)
     slots, seen = slot_members(others, m.slot_seen, inp.now, inp.member_slots_ttl)
     m = replace(m, slot_seen=seen)
-    status = PublishStatus(cluster.term, pg.timeline or 0, pg.wal_lsn or 0, slots)
+    status = PublishStatus(cluster.term, pg.timeline or 0, pg.wal_lsn or 0, slots, inp.me)
     plan = sync_plan(inp, cluster)
     settled = any(v.term <= cluster.term for v in cluster.votes)
     gc: tuple[Action, ...] = (DeleteVotes(cluster.term),) if settled else ()
@@ -716,7 +716,10 @@ def _race(inp: Inputs, cluster: ClusterState) -> Decision:
     verdict = None
     if inp.sync.quorum:
         heard = {p.name: _freshest(p) for p in inp.peers}
-        verdict = check_candidate(cluster.sync, inp.me, pg.best_lsn(), heard, Durability(inp.sync.durability))
+        last = cluster.status.leader if cluster.status is not None else None
+        verdict = check_candidate(
+            cluster.sync, inp.me, pg.best_lsn(), heard, Durability(inp.sync.durability), last_leader=last
+        )
         if not verdict.eligible:
             refused = _wait(inp, "no leader, not promoting: " + verdict.reason, Role.STANDBY, alert=verdict.alert)
             return replace(refused, quorum=verdict)

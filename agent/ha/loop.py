@@ -741,8 +741,8 @@ class HaLoop:
                     "quorum commit: etcd sync record written",
                     extra={"event": "sync_record", "term": term, "k": k, "voters": list(voters), "why": why},
                 )
-            case PublishStatus(term=t, timeline=tl, wal_lsn=lsn, slot_members=names):
-                self.dcs.write_status(LeaderStatus(term=t, timeline=tl, wal_lsn=lsn))
+            case PublishStatus(term=t, timeline=tl, wal_lsn=lsn, slot_members=names, leader=who):
+                self.dcs.write_status(LeaderStatus(term=t, timeline=tl, wal_lsn=lsn, leader=who))
                 if self._token_term != t:  # a leader that retook the key without promoting
                     self._write_fencing_token(t)
                 self.pg.ensure_slots(names)
@@ -769,6 +769,10 @@ class HaLoop:
             self.dcs.append_history(
                 HistoryEntry(term, state.timeline, self.cfg.name, None, "bootstrap", self.clock.wall())
             )
+            # At once, not on the first leader pass: the name in it lets this member retake its key
+            # if it loses it before quorum commit wrote its first record (quorum/candidate.py).
+            if state.timeline is not None and state.wal_lsn is not None:
+                self.dcs.write_status(LeaderStatus(term, state.timeline, state.wal_lsn, self.cfg.name))
         except (PostgresError, DCSError):
             self.dcs.cancel_initialize()
             raise
@@ -822,7 +826,7 @@ class HaLoop:
         self.metrics.observe_promotion(entry.reason, durations)
         self.dcs.append_history(entry)
         if state.timeline is not None and state.wal_lsn is not None:
-            self.dcs.write_status(LeaderStatus(term, state.timeline, state.wal_lsn))
+            self.dcs.write_status(LeaderStatus(term, state.timeline, state.wal_lsn, self.cfg.name))
         log.warning(
             "promoted",
             extra={

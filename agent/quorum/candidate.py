@@ -10,6 +10,12 @@ Positions must be fresh: a voter's API answer is up to one loop old, and until t
 fenced itself a standby could still confirm commits. The caller reads voters' postgres directly
 (``PeerStatus.direct_lsn``) and passes the larger of the two numbers.
 
+No quorum record yet (quorum commit not established: the first standbys had not joined when the
+bootstrap leader was lost): under ``required`` that leader acknowledged nothing without standbys,
+and every write it did acknowledge it holds itself, so the last leader — named in the ``status`` key
+it wrote — may take its key back; anyone else could lack those writes and is refused. Without this,
+losing the bootstrap leader's lease that early left a cluster no member could ever lead.
+
 ``required``: no proof, no promotion. ``preferred``: promote anyway, with an alert and the
 possible-loss flag (counted in metrics). A voter ahead of us refuses in both: it should win instead.
 """
@@ -42,15 +48,30 @@ def check_candidate(
     my_lsn: int | None,
     voter_lsns: Mapping[str, int | None],
     durability: Durability,
+    last_leader: str | None = None,
 ) -> CandidateVerdict:
     """May ``me`` be promoted as far as quorum commit is concerned?
 
     ``voter_lsns``: the WAL positions heard from peers (None or absent: not heard); entries for
-    non-voters are ignored, and ``me``'s own position is ``my_lsn``.
+    non-voters are ignored, and ``me``'s own position is ``my_lsn``. ``last_leader``: who wrote the
+    ``status`` key (None: unknown).
     """
     quorum = Quorum.of(record)
     if my_lsn is None:
         return CandidateVerdict(False, False, f"{me} knows no WAL position of its own")
+    if record is None and last_leader == me:
+        beyond = {v: pos for v, pos in voter_lsns.items() if pos is not None and pos > my_lsn}
+        if beyond:
+            who, pos = max(beyond.items(), key=lambda item: item[1])
+            return CandidateVerdict(
+                False, False, f"{who} is ahead of the last leader: {lsn_to_str(pos)} > our {lsn_to_str(my_lsn)}"
+            )
+        return CandidateVerdict(
+            True,
+            True,
+            "no quorum record yet and we are the last leader (status key): "
+            "every write acknowledged so far was acknowledged by us",
+        )
     if not quorum.provable:
         why = (
             "no quorum record in etcd (quorum commit not established yet)"

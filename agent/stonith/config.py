@@ -31,6 +31,7 @@ PLACEHOLDERS = ("cluster", "old_leader", "new_leader", "term", "old_leader_host"
 
 
 MAX_TIMEOUT = 600.0  # seconds; a promotion blocked longer than this is an outage, not a fence
+MAX_TAINT_WAIT = 3600.0  # seconds; a node not down within an hour of the failover was not the cause
 DEFAULT_TIMEOUTS = {"exec": 10.0, "webhook": 5.0, "local-kill": 5.0, "kubernetes": 10.0}
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # also a Prometheus label value: keep it short
@@ -99,6 +100,10 @@ class KubernetesHook:
     pod: str = "{old_leader}"  # template
     namespace: str | None = None  # None: the service account's namespace
     taint_node: bool = False
+    # A node still Ready at fence time is watched this long and tainted once Kubernetes sees it down
+    # (node_watch.py): longer than the node controller's grace period (50 s by default).
+    taint_wait: float = 180.0
+    taint_poll: float = 5.0
     api_url: str | None = None  # None: in-cluster (KUBERNETES_SERVICE_HOST/PORT, https)
     token_file: Path | None = None  # None: the service account token when in-cluster, else no auth
     ca_file: Path | None = None  # None: the service account CA when in-cluster
@@ -113,7 +118,17 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "exec": (*_COMMON, "command", "env", "append_args"),
     "webhook": (*_COMMON, "url", "token_file", "hmac_key_file", "ca_file"),
     "local-kill": (*_COMMON, "pid_file", "data_dir"),
-    "kubernetes": (*_COMMON, "pod", "namespace", "taint_node", "api_url", "token_file", "ca_file"),
+    "kubernetes": (
+        *_COMMON,
+        "pod",
+        "namespace",
+        "taint_node",
+        "taint_wait",
+        "taint_poll",
+        "api_url",
+        "token_file",
+        "ca_file",
+    ),
 }
 
 
@@ -154,23 +169,25 @@ def _placeholders(template: str, where: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _timeout(raw: Mapping[str, Any], where: str, kind: str) -> float:
-    if "timeout" not in raw or raw["timeout"] is None:
-        return DEFAULT_TIMEOUTS[kind]
-    value = raw["timeout"]
+def _seconds(raw: Mapping[str, Any], key: str, where: str, default: float, limit: float, why: str) -> float:
+    """A positive number of seconds at most ``limit`` (``why`` says what the limit protects)."""
+    if key not in raw or raw[key] is None:
+        return default
+    value = raw[key]
     number: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
         number = float(value)
     if number is None or not math.isfinite(number) or number <= 0:
         raise ConfigError(
-            f"{where}.timeout: must be a positive number of seconds, got {_show(value)}; "
-            f"e.g. timeout: {DEFAULT_TIMEOUTS[kind]:g}"
+            f"{where}.{key}: must be a positive number of seconds, got {_show(value)}; e.g. {key}: {default:g}"
         )
-    if number > MAX_TIMEOUT:
-        raise ConfigError(
-            f"{where}.timeout: at most {MAX_TIMEOUT:g} seconds (a promotion waits for it), got {number:g}"
-        )
+    if number > limit:
+        raise ConfigError(f"{where}.{key}: at most {limit:g} seconds ({why}), got {number:g}")
     return number
+
+
+def _timeout(raw: Mapping[str, Any], where: str, kind: str) -> float:
+    return _seconds(raw, "timeout", where, DEFAULT_TIMEOUTS[kind], MAX_TIMEOUT, "a promotion waits for it")
 
 
 def _policy(raw: Mapping[str, Any], where: str) -> Policy:
@@ -324,6 +341,15 @@ def _kubernetes(raw: Mapping[str, Any], where: str, common: dict[str, Any]) -> K
         pod=pod,
         namespace=namespace,
         taint_node=_bool(raw, "taint_node", where, default=False),
+        taint_wait=_seconds(
+            raw,
+            "taint_wait",
+            where,
+            KubernetesHook.taint_wait,
+            MAX_TAINT_WAIT,
+            "a node not down by then was not the cause",
+        ),
+        taint_poll=_seconds(raw, "taint_poll", where, KubernetesHook.taint_poll, 60.0, "the taint would come late"),
         api_url=api_url,
         token_file=_path(raw, "token_file", where, str(SA_TOKEN)),
         ca_file=_path(raw, "ca_file", where, str(SA_CA)),

@@ -15,8 +15,10 @@ Steps, all within the hook's timeout:
    ``node.kubernetes.io/out-of-service=nodeshutdown:NoExecute`` with a merge patch guarded by the
    node's ``resourceVersion`` (retried on 409 conflict). A Ready node is never tainted: the taint
    evicts every pod on it without a toleration, and a killed pod on a healthy node is fenced
-   by the delete alone. (A node cut off a moment ago still counts as Ready until the node
-   controller's grace period passes, so a fast failover usually finds it Ready.)
+   by the delete alone. A node cut off a moment ago still counts as Ready until the node
+   controller's grace period passes, so a fast failover usually finds it Ready: then the node is
+   watched for ``taint_wait`` seconds after the fence and tainted once it turns not Ready
+   (``node_watch.py``); the fence itself does not wait for that.
 
 What this does and does not guarantee: a grace-0 delete removes the pod *object* at once; a kubelet
 that still reaches the apiserver then kills the containers, but one cut off from it does not. The
@@ -36,8 +38,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from pgquorum.agent.clock import SystemClock
 from pgquorum.agent.kubeapi import Endpoint, Failure, KubeApi, KubeApiError, in_cluster, service_account_namespace
 from pgquorum.agent.kubeapi import pod_path as kube_pod_path
+from pgquorum.agent.stonith import node_watch
 from pgquorum.agent.stonith.config import KubernetesHook
 from pgquorum.agent.stonith.model import FenceRequest, HookFailure, Outcome, render
 from pgquorum.agent.stonith.webhook import read_secret
@@ -51,8 +55,10 @@ CONFLICT_RETRIES = 3
 class _Api:
     """The shared client, its errors told as a hook's outcomes, every call within the hook's deadline."""
 
-    def __init__(self, base: str, token: bytes | None, ca_file: Path | None, deadline: float):
-        self.api = KubeApi(base, token, ca_file, "pgquorum-stonith")
+    def __init__(
+        self, base: str, token: bytes | None, ca_file: Path | None, deadline: float, token_file: Path | None = None
+    ):
+        self.api = KubeApi(base, token, ca_file, "pgquorum-stonith", token_file)
         self.deadline = deadline
 
     def call(
@@ -104,23 +110,18 @@ def _pod_gone(status: int, obj: dict[str, Any], pod: str, path: str) -> bool:
     )
 
 
-def node_ready(node: Mapping[str, Any]) -> bool:
-    """The node's kubelet reports it Ready (condition ``Ready`` is ``True``)."""
-    conditions = (node.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
-def _taint(api: _Api, node: str) -> str:
+def _taint(api: _Api, node: str) -> tuple[bool, str]:
+    """Taint ``node`` unless it is Ready; (whether it was Ready, what happened)."""
     path = f"/api/v1/nodes/{quote(node, safe='')}"
     for _ in range(CONFLICT_RETRIES):
         status, obj = api.call("GET", path)
         if status == 404:
-            return f"node {node} not found, not tainted"
-        if node_ready(obj):
-            return f"node {node} is Ready: not tainted (the taint is only for a node Kubernetes sees down)"
+            return False, f"node {node} not found, not tainted"
+        if node_watch.node_ready(obj):
+            return True, f"node {node} is Ready: not tainted (the taint is only for a node Kubernetes sees down)"
         taints = list((obj.get("spec") or {}).get("taints") or [])
         if any(t.get("key") == TAINT_KEY and t.get("effect") == TAINT_EFFECT for t in taints):
-            return f"node {node} already tainted {TAINT_KEY}"
+            return False, f"node {node} already tainted {TAINT_KEY}"
         taints.append({"key": TAINT_KEY, "value": TAINT_VALUE, "effect": TAINT_EFFECT})
         # The list replaces the node's taints: the resourceVersion makes a concurrent change fail with 409.
         patch = {
@@ -129,10 +130,40 @@ def _taint(api: _Api, node: str) -> str:
         }
         status, _ = api.call("PATCH", path, patch, content_type="application/merge-patch+json")
         if status == 404:
-            return f"node {node} not found, not tainted"
+            return False, f"node {node} not found, not tainted"
         if status != 409:
-            return f"node {node} tainted {TAINT_KEY}={TAINT_VALUE}:{TAINT_EFFECT}"
+            return False, f"node {node} tainted {TAINT_KEY}={TAINT_VALUE}:{TAINT_EFFECT}"
     raise HookFailure(Outcome.FAILED, f"PATCH {path}: conflict {CONFLICT_RETRIES} times in a row; node not tainted")
+
+
+def _watch(hook: KubernetesHook, request: FenceRequest, endpoint: Endpoint, pod_path: str, node: str) -> str:
+    """Start the deferred taint for a node found Ready (node_watch.py); what to add to the fence's message."""
+
+    def api() -> _Api:  # a fresh deadline per look; the token is re-read (the kubelet rotates it)
+        return _Api(endpoint.base, None, endpoint.ca_file, time.monotonic() + hook.timeout, endpoint.token_file)
+
+    def observe() -> node_watch.Observed:
+        client = api()
+        status, obj = client.call("GET", f"/api/v1/nodes/{quote(node, safe='')}")
+        found_node = obj if status != 404 else None
+        status, pod = client.call("GET", pod_path)
+        return node_watch.Observed(found_node, pod if status != 404 else None)
+
+    def taint() -> str:
+        return _taint(api(), node)[1]
+
+    watch = node_watch.NodeWatch(
+        node,
+        hook.taint_wait,
+        hook.taint_poll,
+        observe,
+        taint,
+        SystemClock(),
+        {"old_leader": request.old_leader, "new_leader": request.new_leader, "term": request.term},
+    )
+    if not node_watch.start(watch):
+        return f"already watching node {node} to taint it once it is down"
+    return f"watching it up to {hook.taint_wait:g} s to taint it once Kubernetes sees it down"
 
 
 def run_kubernetes(hook: KubernetesHook, request: FenceRequest, environ: Mapping[str, str] | None = None) -> str:
@@ -162,5 +193,10 @@ def run_kubernetes(hook: KubernetesHook, request: FenceRequest, environ: Mapping
     else:
         text = f"pod {namespace}/{pod} deleted with grace 0"
     if hook.taint_node:
-        text += "; " + (_taint(api, node) if node else "pod had no node yet, nothing to taint")
+        if not node:
+            return text + "; pod had no node yet, nothing to taint"
+        ready, what = _taint(api, node)
+        text += "; " + what
+        if ready:
+            text += "; " + _watch(hook, request, endpoint, pod_path, node)
     return text

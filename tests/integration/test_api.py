@@ -8,23 +8,20 @@ leader streams from the new one) and a fenced former primary (etcd paused) answe
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
 import pytest
+from local_support import scratch_cluster
 
 from pgquorum.local.runner import LocalCluster
 from pgquorum.local.workload import Writer
@@ -54,27 +51,9 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.2) -
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    base = Path(tempfile.mkdtemp(prefix="pgquorum-api-", dir="/var/tmp"))
-    base.chmod(0o755)
-    c = LocalCluster(base / "cluster")
-    try:
+    with scratch_cluster("pgquorum-api-") as c:
         run_cli("local", "up", "--data-dir", str(c.data_dir))
         yield c
-    finally:
-        state = None
-        with contextlib.suppress(Exception):
-            state = c.load()
-        if state is not None and state.etcd_pid:  # never leave etcd stopped behind a failed test
-            with contextlib.suppress(OSError):
-                os.kill(state.etcd_pid, signal.SIGCONT)
-        subprocess.run(
-            [sys.executable, "-m", "pgquorum", "local", "down", "--data-dir", str(c.data_dir)],
-            capture_output=True,
-            timeout=120,
-        )
-        for log in sorted(c.data_dir.glob("*/agent.log")):
-            print(f"==== {log} (tail)\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:]))
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

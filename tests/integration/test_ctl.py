@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from local_support import scratch_cluster
 
 from pgquorum.local.runner import LocalCluster
 
@@ -70,11 +69,7 @@ def dead_url() -> str:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    # Under /var/tmp, traversable by the unprivileged user that runs postgres (pytest's tmp is 0700).
-    base = Path(tempfile.mkdtemp(prefix="pgquorum-ctl-", dir="/var/tmp"))
-    base.chmod(0o755)
-    c = LocalCluster(base / "cluster")
-    try:
+    with scratch_cluster("pgquorum-ctl-") as c:
         up = subprocess.run(
             [sys.executable, "-m", "pgquorum", "local", "up", "--data-dir", str(c.data_dir)],
             capture_output=True,
@@ -83,15 +78,6 @@ def cluster() -> Iterator[LocalCluster]:
         )
         assert up.returncode == 0, f"local up failed:\n{up.stdout}\n{up.stderr}"
         yield c
-    finally:
-        subprocess.run(
-            [sys.executable, "-m", "pgquorum", "local", "down", "--data-dir", str(c.data_dir)],
-            capture_output=True,
-            timeout=120,
-        )
-        for log in sorted(c.data_dir.glob("*/agent.log")):
-            print(f"==== {log} (tail)\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:]))
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def local(c: LocalCluster) -> list[str]:

@@ -96,7 +96,7 @@ def test_get_cluster_reads_everything_and_only_this_cluster(etcd: EtcdServer, cl
     assert a.claim_initialize()
     a.set_initialized("7312345678901234567")
     assert a.acquire_leader("a", 0) == 1
-    a.write_status(LeaderStatus(term=1, timeline=3, wal_lsn=123456))
+    a.write_status(LeaderStatus(term=1, timeline=3, wal_lsn=123456, leader="a"))
     assert a.set_config({"maximum_lag_on_failover": 1})
     state = a.get_cluster()
     assert state.initialize == "7312345678901234567"
@@ -105,7 +105,7 @@ def test_get_cluster_reads_everything_and_only_this_cluster(etcd: EtcdServer, cl
     assert state.term == 1
     assert [m.name for m in state.members] == ["a"]
     assert state.member("a") == info("a")
-    assert state.status == LeaderStatus(term=1, timeline=3, wal_lsn=123456)
+    assert state.status == LeaderStatus(term=1, timeline=3, wal_lsn=123456, leader="a")
     assert state.config == {"maximum_lag_on_failover": 1}
 
 

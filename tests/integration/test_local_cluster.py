@@ -6,10 +6,8 @@ The tests share one cluster and run in file order: each leaves the cluster healt
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from local_support import scratch_cluster
 
 from pgquorum.local.runner import LocalCluster
 
@@ -42,22 +41,9 @@ def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    # Under /var/tmp, traversable by the unprivileged user that runs postgres (pytest's tmp is 0700).
-    base = Path(tempfile.mkdtemp(prefix="pgquorum-it-", dir="/var/tmp"))
-    base.chmod(0o755)
-    c = LocalCluster(base / "cluster")
-    try:
+    with scratch_cluster("pgquorum-it-", tail=40) as c:
         run_cli("local", "up", "--data-dir", str(c.data_dir))
         yield c
-    finally:
-        subprocess.run(
-            [sys.executable, "-m", "pgquorum", "local", "down", "--data-dir", str(c.data_dir)],
-            capture_output=True,
-            timeout=120,
-        )
-        for log in sorted(c.data_dir.glob("*/agent.log")):
-            print(f"==== {log} (tail)\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:]))
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def status(c: LocalCluster) -> dict[str, Any]:

@@ -7,10 +7,8 @@ itself shows the higher term and a failover histogram sample.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -19,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from local_support import scratch_cluster
 from prometheus_client.parser import text_string_to_metric_families
 
 from pgquorum.local.runner import LocalCluster
@@ -45,23 +44,9 @@ def run_cli(*args: str) -> str:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    # Under /var/tmp, traversable by the unprivileged user that runs postgres (pytest's tmp is 0700).
-    base = Path(tempfile.mkdtemp(prefix="pgquorum-prom-", dir="/var/tmp"))
-    base.chmod(0o755)
-    c = LocalCluster(base / "cluster")
-    try:
+    with scratch_cluster("pgquorum-prom-", tail=20) as c:
         run_cli("local", "up", "--prometheus", "--data-dir", str(c.data_dir))
         yield c
-    finally:
-        subprocess.run(
-            [sys.executable, "-m", "pgquorum", "local", "down", "--data-dir", str(c.data_dir)],
-            capture_output=True,
-            timeout=120,
-        )
-        log = c.data_dir / "prometheus.log"
-        if log.exists():
-            print("==== prometheus.log (tail)\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:]))
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def status(c: LocalCluster) -> dict[str, Any]:

@@ -14,21 +14,19 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from local_support import scratch_cluster
 
 from pgquorum.local.runner import LocalCluster
 
@@ -98,10 +96,7 @@ def member_dsn(c: LocalCluster, port: int, **extra: str) -> str:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    base = Path(tempfile.mkdtemp(prefix="pgquorum-qc-", dir="/var/tmp"))
-    base.chmod(0o755)
-    c = LocalCluster(base / "cluster")
-    try:
+    with scratch_cluster("pgquorum-qc-", tail=40) as c:
         run_cli(
             "local", "up", "--data-dir", str(c.data_dir), "--sync", "quorum", "--k", "1", "--durability", "required"
         )
@@ -109,15 +104,6 @@ def cluster() -> Iterator[LocalCluster]:
         with psycopg.connect(s["dsn"], autocommit=True) as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS qc_rows (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
         yield c
-    finally:
-        subprocess.run(
-            [sys.executable, "-m", "pgquorum", "local", "down", "--data-dir", str(c.data_dir)],
-            capture_output=True,
-            timeout=120,
-        )
-        for log in sorted(c.data_dir.glob("*/agent.log")):
-            print(f"==== {log} (tail)\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:]))
-        shutil.rmtree(base, ignore_errors=True)
 
 
 class Writer(threading.Thread):
@@ -343,3 +329,33 @@ def test_required_blocks_commits_without_standbys(cluster: LocalCluster) -> None
 @pytest.mark.chaos
 def test_chaos_twenty_sigkills_of_the_primary_lose_no_acknowledged_row(cluster: LocalCluster) -> None:
     kill_rounds(cluster, 20, first_id=10_000_000)
+
+
+def test_a_bootstrap_leader_killed_before_the_first_quorum_record_leads_again() -> None:
+    """One member, ``durability: required``: with no standby, quorum commit never writes its first
+    record. Killed and restarted, that member is the only one that can lead (it holds every write it
+    acknowledged) — and it may: the status key names it the last leader. Before, no member could
+    ever prove a quorum for this cluster again."""
+    with scratch_cluster("pgquorum-qb-") as c:
+        run_cli(
+            "local", "up", "--data-dir", str(c.data_dir), "--members", "1",
+            "--sync", "quorum", "--k", "1", "--durability", "required",
+        )  # fmt: skip
+        s = wait_for(lambda: (st := status(c)).get("leader") == "pg1" and st, 60, "pg1 leading")
+        assert not sync_of(s, "pg1").get("record"), "a quorum record with no standby"
+        c.kill_member("pg1")
+        time.sleep(4)  # past the ttl (3 s): the leader key is gone with its lease
+        assert status(c).get("leader") != "pg1"
+        restarted = time.monotonic()
+        run_cli("local", "start", "--member", "pg1", "--data-dir", str(c.data_dir))
+
+        def leading_again() -> bool:
+            st = status(c)
+            return st.get("leader") == "pg1" and any(
+                m["name"] == "pg1" and m["role"] == "leader" for m in st["members"]
+            )
+
+        wait_for(leading_again, 60, "pg1 leading again after its restart")
+        with psycopg.connect(member_dsn(c, s["members"][0]["pg_port"]), autocommit=True) as conn:
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
+        print(f"MEASURE lone bootstrap leader restarted: leading again in {time.monotonic() - restarted:.1f} s")

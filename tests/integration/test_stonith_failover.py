@@ -9,10 +9,8 @@ leader promotes although the best-effort hook failed, and counts that failure in
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -21,6 +19,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from local_support import scratch_cluster
 
 from pgquorum.local.runner import LocalCluster
 
@@ -45,23 +44,20 @@ def run_cli(*args: str) -> str:
 
 @pytest.fixture(scope="module")
 def setup() -> Iterator[tuple[LocalCluster, Path]]:
-    base = Path(tempfile.mkdtemp(prefix="pgquorum-stonith-", dir="/var/tmp"))
-    base.chmod(0o755)
-    hooks = base / "hooks"
-    hooks.mkdir()
-    hooks.chmod(0o777)  # the agents run as the postgres user
-    gate = hooks / "gate.sh"
-    gate.write_text(
-        "#!/bin/sh\n"
-        f'echo "$PGQUORUM_OLD_LEADER $PGQUORUM_NEW_LEADER $PGQUORUM_TERM" >> {hooks}/calls\n'
-        f"test -f {hooks}/allow\n"
-    )
-    audit = hooks / "audit.sh"
-    audit.write_text("#!/bin/sh\nexit 3\n")
-    for script in (gate, audit):
-        script.chmod(0o755)
-    cluster = LocalCluster(base / "cluster")
-    try:
+    with scratch_cluster("pgquorum-stonith-", tail=25) as cluster:
+        hooks = cluster.data_dir.parent / "hooks"
+        hooks.mkdir()
+        hooks.chmod(0o777)  # the agents run as the postgres user
+        gate = hooks / "gate.sh"
+        gate.write_text(
+            "#!/bin/sh\n"
+            f'echo "$PGQUORUM_OLD_LEADER $PGQUORUM_NEW_LEADER $PGQUORUM_TERM" >> {hooks}/calls\n'
+            f"test -f {hooks}/allow\n"
+        )
+        audit = hooks / "audit.sh"
+        audit.write_text("#!/bin/sh\nexit 3\n")
+        for script in (gate, audit):
+            script.chmod(0o755)
         cluster.up(
             stonith=[
                 {"type": "exec", "name": "gate", "command": [str(gate)], "timeout": 2, "policy": "required"},
@@ -69,11 +65,6 @@ def setup() -> Iterator[tuple[LocalCluster, Path]]:
             ]
         )
         yield cluster, hooks
-    finally:
-        cluster.down()
-        for log in sorted(cluster.data_dir.glob("*/agent.log")):
-            print(f"==== {log} (tail)\n" + "\n".join(log.read_text(errors="replace").splitlines()[-25:]))
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def status(cluster: LocalCluster) -> dict[str, Any]:

@@ -58,6 +58,8 @@ def db(kube: LocalKube, operator: str) -> Iterator[tuple[str, float]]:
             "synchronous": {"mode": "quorum", "k": 1},
             "etcd": {"endpoints": [endpoint]},
             "parameters": {"shared_buffers": "32MB"},
+            # the node-cut test checks the deferred out-of-service taint; a Ready node is never tainted
+            "stonith": {"kubernetes": {"deletePod": True, "taintNode": True}},
         },
     }
     k.run(["-n", ns, "apply", "-f", "-"], stdin=json.dumps(body))
@@ -293,19 +295,41 @@ def test_a_primary_cut_off_with_its_node_is_fenced_and_leaves_rw(kube: LocalKube
         fenced_after = time.time() - cut
         time.sleep(3)
         result = stop_probe(k, ns)
+        # The node was still Ready when the new leader fenced (the node controller waits its grace
+        # period, 50 s): the leader keeps watching it and taints it once it is not Ready.
+        wait_for(f"{victim.name} tainted out-of-service", lambda: out_of_service(k, victim.name), timeout=150)
+        tainted_after = time.time() - cut
+        not_ready = not_ready_since(k, victim.name)
     finally:
         heal(victim)
     assert_no_loss(result)
     gap = gap_around(result, cut)
     print(
         f"MEASURE node of primary {old} cut off: -rw on {new} alone {moved:.1f} s, "
-        f"old pod deleted {fenced_after:.1f} s, writes stopped {gap:.2f} s"
+        f"old pod deleted {fenced_after:.1f} s, writes stopped {gap:.2f} s, node tainted {tainted_after:.1f} s "
+        f"(not Ready at {not_ready})"
     )
+    # As Kubernetes documents for this taint, whoever repaired the node removes it.
+    wait_for(f"{victim.name} Ready again", lambda: not_ready_since(k, victim.name) is None, timeout=120)
+    k.run(["taint", "nodes", victim.name, "node.kubernetes.io/out-of-service:NoExecute-"])
     # healed: the member comes back as a replica on its own volume
     st = healthy(k, ns, timeout=240)
     assert {m["name"]: m["role"] for m in st["members"]}[old] == "replica", st["members"]
     # the operator's active replica may have been on the cut node: the event comes once it sees again
     assert_failover_event(k, ns, old, new)
+
+
+def out_of_service(k: Kubectl, node: str) -> bool:
+    taints = k.json(["get", "node", node])["spec"].get("taints") or []
+    return any(t["key"] == "node.kubernetes.io/out-of-service" and t["effect"] == "NoExecute" for t in taints)
+
+
+def not_ready_since(k: Kubectl, node: str) -> str | None:
+    """When the node's Ready condition last turned not True; None while it is Ready."""
+    for c in k.json(["get", "node", node])["status"].get("conditions") or []:
+        if c["type"] == "Ready" and c["status"] != "True":
+            return str(c.get("lastTransitionTime"))
+    return None
 
 
 def test_deleting_the_cluster_removes_what_it_made_and_keeps_the_volumes(

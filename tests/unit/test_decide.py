@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pgquorum.agent.config import Timing
+from pgquorum.agent.config import SyncSettings, Timing
 from pgquorum.agent.ha.actions import (
     AcquireLeader,
     Bootstrap,
@@ -65,7 +65,7 @@ def inputs(me: str = "a", **kw: object) -> Inputs:
 def test_leader_renews_and_publishes_status() -> None:
     d = decide(inputs(lease_renewed_at=99.9))
     assert d.role is Role.LEADER
-    assert d.actions == (PublishStatus(3, 2, 1000, ("b", "c")),)
+    assert d.actions == (PublishStatus(3, 2, 1000, ("b", "c"), "a"),)
     assert d.memory.leader_term == 3 and d.memory.last_renew_sent == 99.9
 
 
@@ -73,9 +73,9 @@ def test_leader_keeps_the_slot_of_a_member_whose_key_lapsed_until_member_slots_t
     first = decide(inputs(lease_renewed_at=99.9))
     only_b = replace(cluster(), members=(member("a"), member("b")))  # c was killed: its key expired
     later = decide(inputs(now=200.0, lease_renewed_at=199.9, cluster=only_b, memory=first.memory))
-    assert later.actions[0] == PublishStatus(3, 2, 1000, ("b", "c"))
+    assert later.actions[0] == PublishStatus(3, 2, 1000, ("b", "c"), "a")
     gone = decide(inputs(now=100.0 + 1801.0, lease_renewed_at=1900.0, cluster=only_b, memory=later.memory))
-    assert gone.actions[0] == PublishStatus(3, 2, 1000, ("b",))
+    assert gone.actions[0] == PublishStatus(3, 2, 1000, ("b",), "a")
 
 
 def test_leader_fences_when_renewal_is_too_old() -> None:
@@ -248,6 +248,25 @@ def test_older_timeline_is_not_eligible() -> None:
 def test_primary_that_lost_its_key_retakes_it() -> None:
     d = decide(inputs(cluster=cluster(leader=None), pg=PRIMARY))
     assert d.actions == (AcquireLeader(3),)
+
+
+def test_a_bootstrap_leader_lost_before_the_first_quorum_record_retakes_its_key() -> None:
+    """Quorum commit, durability required, no ``sync`` record yet: nobody can prove a quorum. The
+    last leader (named in the status key) holds every write it acknowledged and may lead again;
+    a replica may not — before this, no member could ever lead such a cluster."""
+    required = SyncSettings(mode="quorum", k=1, durability="required")
+    last_a = LeaderStatus(term=1, timeline=1, wal_lsn=1000, leader="a")
+    restarted = replace(REPLICA, timeline=1, upstream=None, streaming=False)  # its pod was recreated
+    d = decide(inputs(me="a", cluster=cluster(leader=None, term=1, status=last_a), pg=restarted, sync=required))
+    assert d.actions == (AcquireLeader(1),)
+    assert d.quorum is not None and d.quorum.proven and "we are the last leader" in d.quorum.reason
+    # a status key from an agent that did not record its name: refused as before
+    anonymous = replace(last_a, leader=None)
+    d = decide(inputs(me="a", cluster=cluster(leader=None, term=1, status=anonymous), pg=restarted, sync=required))
+    assert d.actions == () and "no quorum record" in d.reason
+    # a replica of that leader is refused: it may lack writes the leader acknowledged
+    d = decide(inputs(me="b", cluster=cluster(leader=None, term=1, status=last_a), pg=restarted, sync=required))
+    assert d.actions == () and "no quorum record" in d.reason
 
 
 def test_leaderless_since_is_remembered_for_election_timing() -> None:

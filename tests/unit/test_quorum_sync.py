@@ -684,3 +684,20 @@ def test_status_says_whether_a_failover_could_prove_the_quorum() -> None:
     body = sync_status(QUORUM, one_down)
     assert not body["provable"] and "must read 2 voters (n-k+1), only 1 up (b); missing c" in body["reason"]
     assert "no quorum record" in sync_status(QUORUM, cluster("a", None))["reason"]
+
+
+def test_with_no_record_yet_only_the_last_leader_may_retake_the_key() -> None:
+    # The bootstrap leader lost its lease before the first standbys joined quorum commit: it
+    # acknowledged nothing it does not hold itself, so it may lead again; nobody else may.
+    v = check_candidate(None, "a", 100, {"b": 90, "c": None}, REQ, last_leader="a")
+    assert v.eligible and v.proven and "we are the last leader" in v.reason
+    v = check_candidate(None, "b", 90, {"a": None}, REQ, last_leader="a")
+    assert not v.eligible and "no quorum record" in v.reason
+    v = check_candidate(None, "b", 90, {}, REQ, last_leader=None)  # a key from an older agent
+    assert not v.eligible
+    # a member ahead of the last leader is a contradiction worth stopping for
+    v = check_candidate(None, "a", 100, {"b": 120}, REQ, last_leader="a")
+    assert not v.eligible and v.reason.startswith("b is ahead of the last leader")
+    # once a record exists it alone decides, whoever led last
+    v = check_candidate(rec(1, "b", "c"), "a", 100, {}, REQ, last_leader="a")
+    assert not v.eligible

@@ -134,6 +134,12 @@ def test_a_command_string_is_split_without_a_shell_and_placeholders_switch_off_t
         ([{"type": "kubernetes", "api_url": "http://127.0.0.1:1"}], "stonith[0].namespace: required with api_url"),
         ([{"type": "kubernetes", "taint_node": "no"}], "stonith[0].taint_node: must be true or false"),
         (
+            [{"type": "kubernetes", "taint_wait": "3m"}],
+            'stonith[0].taint_wait: must be a positive number of seconds, got "3m"; e.g. taint_wait: 180',
+        ),
+        ([{"type": "kubernetes", "taint_wait": 7200}], "stonith[0].taint_wait: at most 3600 seconds"),
+        ([{"type": "kubernetes", "taint_poll": 0}], "stonith[0].taint_poll: must be a positive number of seconds"),
+        (
             [{"type": "exec", "command": ["/x"], "name": "a"}, {"type": "exec", "command": ["/y"], "name": "a"}],
             'stonith[1].name: "a" is already used by stonith[0]',
         ),

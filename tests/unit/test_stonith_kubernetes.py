@@ -19,7 +19,7 @@ import pytest
 from stonith_servers import RecordingServer, Reply, Seen, self_signed, tls_context
 
 from pgquorum.agent.clock import SystemClock
-from pgquorum.agent.stonith import FenceRequest, Outcome, parse_hooks, run_hooks
+from pgquorum.agent.stonith import FenceRequest, Outcome, node_watch, parse_hooks, run_hooks
 from pgquorum.agent.stonith.kubernetes import TAINT_KEY
 from pgquorum.agent.stonith.model import HookResult
 
@@ -101,6 +101,7 @@ def api() -> Apiserver:
 def server(api: Apiserver) -> Iterator[RecordingServer]:
     srv = RecordingServer(api)
     yield srv
+    node_watch.stop_all()  # no deferred taint outlives its test (or talks to a closed server)
     srv.close()
 
 
@@ -257,3 +258,80 @@ def test_a_ready_node_is_never_tainted(server: RecordingServer, api: Apiserver, 
     assert "node node-a is Ready: not tainted" in result.message
     assert [s.method for s in server.seen] == ["GET", "DELETE", "GET"]
     assert OUT_OF_SERVICE not in api.nodes["node-a"]["spec"]["taints"]
+
+
+# ----------------------------------------------------------------------------- the deferred taint
+
+
+def _ready(node: dict[str, Any], status: str) -> None:
+    node["status"]["conditions"] = [{"type": "Ready", "status": status}]
+
+
+def _watch_for(node: str) -> Any:
+    return node_watch._running.get(node)
+
+
+def test_a_node_still_ready_at_fence_time_is_tainted_once_it_goes_down(
+    server: RecordingServer, api: Apiserver, token: Path
+) -> None:
+    # a node cut off a moment ago: Ready until the node controller's grace period passes
+    _ready(api.nodes["node-a"], "True")
+    result = fence(server, token, taint_node=True, taint_poll=0.05, taint_wait=30)
+    assert result.outcome is Outcome.OK, result.message
+    assert "is Ready: not tainted" in result.message
+    assert "watching it up to 30 s to taint it once Kubernetes sees it down" in result.message
+    watch = _watch_for("node-a")
+    assert watch is not None
+    api.pods["db/pg-0"] = {"metadata": {"name": "pg-0"}, "spec": {"nodeName": "node-a"}}  # recreated
+    again = fence(server, token, taint_node=True, taint_poll=0.05, taint_wait=30)  # a second fence, same node
+    assert "already watching node node-a" in again.message
+    time.sleep(0.2)
+    assert OUT_OF_SERVICE not in api.nodes["node-a"]["spec"]["taints"]  # still Ready: no taint
+    _ready(api.nodes["node-a"], "Unknown")
+    watch.join(5)
+    assert watch.outcome is not None and "tainted node.kubernetes.io/out-of-service" in watch.outcome
+    assert OUT_OF_SERVICE in api.nodes["node-a"]["spec"]["taints"]
+    assert _watch_for("node-a") is None
+
+
+def test_the_watch_stops_without_a_taint_when_the_member_is_back_on_a_working_node(
+    server: RecordingServer, api: Apiserver, token: Path
+) -> None:
+    _ready(api.nodes["node-a"], "True")
+    fence(server, token, taint_node=True, taint_poll=0.05, taint_wait=30)
+    watch = _watch_for("node-a")
+    # the operator recreated the member's pod on the same node and it became Ready: the node works
+    api.pods["db/pg-0"] = {
+        "metadata": {"name": "pg-0"},
+        "spec": {"nodeName": "node-a"},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }
+    watch.join(5)
+    assert watch.outcome is not None and "Ready again on node node-a" in watch.outcome
+    _ready(api.nodes["node-a"], "False")
+    time.sleep(0.2)
+    assert OUT_OF_SERVICE not in api.nodes["node-a"]["spec"]["taints"]
+
+
+def test_the_watch_gives_up_after_taint_wait_with_the_node_ready(
+    server: RecordingServer, api: Apiserver, token: Path
+) -> None:
+    _ready(api.nodes["node-a"], "True")
+    fence(server, token, taint_node=True, taint_poll=0.05, taint_wait=0.3)
+    watch = _watch_for("node-a")
+    watch.join(5)
+    assert watch.outcome == "node node-a stayed Ready: not tainted"
+    assert OUT_OF_SERVICE not in api.nodes["node-a"]["spec"]["taints"]
+
+
+def test_the_watch_retries_through_api_errors(server: RecordingServer, api: Apiserver, token: Path) -> None:
+    _ready(api.nodes["node-a"], "True")
+    fence(server, token, taint_node=True, taint_poll=0.05, taint_wait=30)
+    watch = _watch_for("node-a")
+    api.forbid.add("GET")  # the apiserver refuses for a while (an RBAC change rolling out)
+    time.sleep(0.2)
+    _ready(api.nodes["node-a"], "Unknown")
+    api.forbid.clear()
+    watch.join(5)
+    assert watch.outcome is not None and "tainted" in watch.outcome
+    assert OUT_OF_SERVICE in api.nodes["node-a"]["spec"]["taints"]
