@@ -55,8 +55,10 @@ def request(
     headers: dict[str, str] | None = None,
     timeout: float,
     ca_file: Path | None = None,
+    body_limit: int = BODY_LIMIT,
 ) -> HttpResponse:
-    """Send one request; raise ``HttpTimeout`` past ``timeout`` seconds, ``OSError`` when it cannot connect."""
+    """Send one request; raise ``HttpTimeout`` past ``timeout`` seconds, ``OSError`` when it cannot connect.
+    At most ``body_limit`` bytes of the answer are read."""
     if timeout <= 0:
         raise HttpTimeout("no time left")
     parts = urlsplit(url)
@@ -76,7 +78,7 @@ def request(
         try:
             conn.request(method, target, body=body, headers=headers or {})
             resp = conn.getresponse()
-            result.append(HttpResponse(resp.status, resp.read(BODY_LIMIT)))
+            result.append(HttpResponse(resp.status, resp.read(body_limit)))
         except BaseException as exc:
             error.append(exc)
         finally:

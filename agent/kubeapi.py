@@ -93,8 +93,10 @@ class KubeApi:
         timeout: float,
         content_type: str = "application/json",
         accept: frozenset[int] = frozenset({404, 409}),
+        body_limit: int = httpcall.BODY_LIMIT,
     ) -> tuple[int, dict[str, Any]]:
-        """(status, JSON object); 2xx and ``accept`` are returned, anything else raises ``KubeApiError``."""
+        """(status, JSON object); 2xx and ``accept`` are returned, anything else raises ``KubeApiError``.
+        An answer of ``body_limit`` bytes or more raises too: a cut JSON would read as an empty one."""
         headers = {"Accept": "application/json", "User-Agent": self.user_agent}
         if self.token_file is not None:
             try:
@@ -109,12 +111,20 @@ class KubeApi:
             headers["Content-Type"] = content_type
         try:
             resp = httpcall.request(
-                method, self.base + path, body=data, headers=headers, timeout=timeout, ca_file=self.ca_file
+                method,
+                self.base + path,
+                body=data,
+                headers=headers,
+                timeout=timeout,
+                ca_file=self.ca_file,
+                body_limit=body_limit,
             )
         except httpcall.HttpTimeout as exc:
             raise KubeApiError(Failure.TIMEOUT, f"{method} {path}: {exc}") from None
         except OSError as exc:
             raise KubeApiError(Failure.FAILED, f"{method} {path} at {self.base}: {exc}") from None
+        if len(resp.body) >= body_limit:
+            raise KubeApiError(Failure.FAILED, f"{method} {path}: answer larger than {body_limit} bytes")
         try:
             parsed = json.loads(resp.body) if resp.body else {}
         except ValueError:

@@ -17,7 +17,7 @@ test process do not collide.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -327,7 +327,10 @@ class AgentMetrics:
         cluster: str,
         timing: Timing | None = None,
         clock: Callable[[], float] = time.monotonic,
+        stonith_hooks: Sequence[str] = (),
     ):
+        """``stonith_hooks``: the configured hooks' names, whose result counters start at 0 (a
+        counter that appears only on its first increment has no rate until its second)."""
         self.member = member
         self.cluster = cluster
         self.timing = timing or Timing()
@@ -359,6 +362,9 @@ class AgentMetrics:
             (*_BASE_LABELS, "hook", "outcome"),
             registry=reg,
         )
+        for hook in stonith_hooks:
+            for outcome in STONITH_OUTCOMES:
+                self._stonith.labels(cluster, member, hook, outcome)
         self._failovers = Counter(
             "pgquorum_failovers", "Promotions of this member after a failover.", _BASE_LABELS, registry=reg
         ).labels(cluster, member)

@@ -392,7 +392,8 @@ def plot_fault(data: dict[str, Any], path: Path) -> None:
 # ---------------------------------------------------------------------------- the process and its reads
 
 
-def _get_json(url: str, timeout: float = 10.0) -> Any:
+def get_json(url: str, timeout: float = 10.0) -> Any:
+    """A Prometheus API answer as JSON, error answers (400, 422, 503) included."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             return json.loads(resp.read())
@@ -491,7 +492,7 @@ class RunMetrics:
         want = len(self.nodes)
         while time.monotonic() < deadline:
             with contextlib.suppress(Exception):
-                body = _get_json(f"{server.url}/api/v1/query?query=count(up%3D%3D1)", timeout=2)
+                body = get_json(f"{server.url}/api/v1/query?query=count(up%3D%3D1)", timeout=2)
                 result = body["data"]["result"]
                 if result and int(float(result[0]["value"][1])) >= want:
                     self.scraping_since = time.time()
@@ -526,13 +527,13 @@ class RunMetrics:
         base = self.server.url
         start, end = span
         series = {
-            name: parse_matrix(_get_json(range_url(base, q, start, end, STEP)), self.nodes)
+            name: parse_matrix(get_json(range_url(base, q, start, end, STEP)), self.nodes)
             for name, q in QUERIES.items()
         }
         # the buckets only at the window's two ends (20 buckets x phases x members at every step is
         # a lot of JSON for one number each)
         buckets = join_points(
-            *(parse_matrix(_get_json(instant_url(base, BUCKETS_QUERY, at)), self.nodes) for at in (start, end))
+            *(parse_matrix(get_json(instant_url(base, BUCKETS_QUERY, at)), self.nodes) for at in (start, end))
         )
         return {
             "index": index,

@@ -7,6 +7,7 @@ pgquorum kube down [--destroy]
 pgquorum kube build                                     # only build binaries and images into the cache
 pgquorum kube load [--only pgquorum]                    # rebuild changed images, import into every node
 pgquorum kube install [--etcd] [--set KEY=VALUE ...]    # the Helm chart, this checkout's image, onto it
+pgquorum kube prometheus [--node node1] [--remove]      # Prometheus in the cluster: agents, etcd, alerts
 """
 
 from __future__ import annotations
@@ -51,6 +52,17 @@ def configure_parser(kube: argparse.ArgumentParser) -> None:
     )
     inst.add_argument("--etcd", action="store_true", help="with the bundled 3-member etcd (etcd.enabled=true)")
     inst.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a chart value; repeatable")
+    prom = common(
+        sub.add_parser(
+            "prometheus",
+            help="run Prometheus in the cluster (namespace pgquorum-monitoring): it scrapes every agent and the "
+            "bundled etcd and evaluates the chart's alerts; prints its URL (reachable from this host)",
+        )
+    )
+    prom.add_argument(
+        "--node", default="node1", help="the node it runs on (default node1: keep it off the nodes you cut)"
+    )
+    prom.add_argument("--remove", action="store_true", help="delete it instead")
 
 
 def _plan(args: argparse.Namespace, nodes: int | None = None) -> Any:
@@ -99,6 +111,8 @@ def _local(args: argparse.Namespace) -> int:
         return 0
     if cmd == "install":
         return _install(args)
+    if cmd == "prometheus":
+        return _prometheus(args)
     if cmd == "up":
         kube = _plan(args, args.nodes)
         kube.plan.state_dir.mkdir(parents=True, exist_ok=True)
@@ -214,4 +228,24 @@ def _install(args: argparse.Namespace) -> int:
     k = kube.kubectl
     k.run(["-n", NAMESPACE, "rollout", "restart", "deployment/pgquorum-operator"])
     k.run(["-n", NAMESPACE, "rollout", "status", "deployment/pgquorum-operator", "--timeout=180s"], timeout=190)
+    return 0
+
+
+def _prometheus(args: argparse.Namespace) -> int:
+    from pgquorum.kube.prometheus import install_prometheus, uninstall_prometheus
+
+    kube = _plan(args)
+    if args.remove:
+        uninstall_prometheus(kube.kubectl)
+        return 0
+    nodes = [n.name for n in kube.plan.nodes]
+    if args.node not in nodes:
+        print(
+            f"pgquorum kube prometheus: --node {args.node!r}: not a node of this cluster ({', '.join(nodes)})",
+            file=sys.stderr,
+        )
+        return 2
+    kube.load_images(["prometheus", "pgquorum"])
+    url = install_prometheus(kube.kubectl, node=args.node)
+    print(f"{url}   # e.g. curl '{url}/api/v1/query?query=pgquorum_is_leader'")
     return 0

@@ -42,6 +42,7 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 ETCD_VERSION = "3.4.23"
 PAUSE_VERSION = "3.10"
 BUSYBOX_VERSION = "1.35.0"  # Debian 12's busybox-static 1:1.35.0-4+deb12u1
+PROMETHEUS_VERSION = "2.42.0"  # Debian 12's prometheus 2.42.0+ds-5+deb12u1
 
 
 def _pyproject(root: Path) -> dict[str, object]:
@@ -87,6 +88,7 @@ PAUSE_IMAGE = f"localhost/pgquorum-kube/pause:{PAUSE_VERSION}"
 COREDNS_IMAGE = f"localhost/pgquorum-kube/coredns:{COREDNS.version}"
 LOCAL_PATH_PROVISIONER_IMAGE = f"localhost/pgquorum-kube/local-path-provisioner:{LOCAL_PATH_PROVISIONER.version}"
 BUSYBOX_IMAGE = f"localhost/pgquorum-kube/busybox:{BUSYBOX_VERSION}"
+PROMETHEUS_IMAGE = f"localhost/pgquorum-prometheus:{PROMETHEUS_VERSION}"
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,15 @@ IMAGES: tuple[Image, ...] = (
         BUSYBOX_VERSION,
         ("base",),
         (("BUSYBOX_VERSION", BUSYBOX_VERSION),),
+    ),
+    Image(
+        "prometheus",
+        PROMETHEUS_IMAGE,
+        "images/prometheus",
+        "images/prometheus/Containerfile",
+        PROMETHEUS_VERSION,
+        ("base",),
+        (("PROMETHEUS_VERSION", PROMETHEUS_VERSION),),
     ),
 )
 BINARIES = ("pause", "coredns", "local-path-provisioner")

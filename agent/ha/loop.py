@@ -172,7 +172,9 @@ class HaLoop:
         self.busy_until: float | None = None  # monotonic deadline of a long action in progress (/liveness)
         self._token_term: int | None = None  # the term last written into the database (fencing token)
         self._peer_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="peer")
-        self.metrics = AgentMetrics(cfg.name, cfg.cluster, cfg.timing, clock.monotonic)  # GET /metrics
+        self.metrics = AgentMetrics(  # GET /metrics
+            cfg.name, cfg.cluster, cfg.timing, clock.monotonic, stonith_hooks=[h.name for h in cfg.stonith]
+        )
         wd = cfg.watchdog
         self.watchdog = Watchdog(wd, clock) if wd is not None and wd.mode is not WatchdogMode.OFF else None
         self.stonith = StonithGate(cfg.stonith, cfg.cluster, cfg.name, clock, self.metrics)

@@ -48,3 +48,20 @@ def test_every_dashboard_panel_query_parses(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(rules))
     proc = promtool("check", "rules", str(path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_in_cluster_prometheus_config_is_valid(tmp_path: Path) -> None:
+    """kube/prometheus.py's config (file_sd for agents and etcd, the chart's rules) as promtool reads it:
+    Debian's Prometheus has no Kubernetes service discovery, which this test found."""
+    from pgquorum.kube.prometheus import prometheus_config
+
+    config = prometheus_config()
+    (tmp_path / "rules").mkdir()
+    shutil.copyfile(FILES / "alerts.yaml", tmp_path / "rules" / "alerts.yaml")
+    config["rule_files"] = [str(tmp_path / "rules" / "*.yaml")]  # where the pod mounts them: here
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    proc = promtool("check", "config", str(tmp_path / "prometheus.yml"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS: 10 rules found" in proc.stdout
+    jobs = [j["job_name"] for j in config["scrape_configs"]]
+    assert jobs == ["pgquorum-agents", "pgquorum-etcd", "prometheus"]
